@@ -1,0 +1,30 @@
+"""The vinecore conformance suite (vinecore/testing.py) on every engine."""
+
+import functools
+
+import pytest
+
+import vinecore
+from vinecore.testing import CHECKS
+
+ENGINES = [
+    "sync",
+    pytest.param("local", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(params=ENGINES)
+def make_manager(request, tmp_path):
+    engine = request.param
+
+    def make(workers=None, **kw):
+        return vinecore.Manager(engine=engine, workers=workers or (1 if engine == "sync" else 2),
+                                run_dir=tmp_path / f"run-{make.count}", **kw)
+
+    make.count = 0
+    return make
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_conformance(make_manager, check, tmp_path):
+    CHECKS[check](make_manager, str(tmp_path))

@@ -1,0 +1,51 @@
+"""vinecore: a TaskVine-style execution core on local processes or dask.distributed.
+
+Layers (each module uses only the ones above it)::
+
+    _events   events in / actions out, Result and TaskState enums
+    _state    Scheduler: the pure scheduling state machine
+    _files    File handles (file, buffer, url, temp) and cache names
+    _tasks    Task, PythonTask, FunctionCall, Library (TaskVine's API)
+    _runtime  worker side: run one task in a process, enforce limits, measure
+    engines/  thin adapters: sync (in-process), local (processes), dask
+    _manager  Manager: moves events and actions between _state and an engine
+
+Public names follow TaskVine's Python API where the concept exists there.
+"""
+
+from ._events import Result, TaskState
+from ._files import File
+from ._manager import Manager, ManagerState, Statistics
+from ._runtime import current_worker, library_context, load_variable_from_library
+from ._tasks import FunctionCall, Library, PythonTask, ResourcesMeasured, Task
+from .exceptions import (
+    EngineError,
+    FileFetchError,
+    ManagerClosedError,
+    TaskSubmissionError,
+    VinecoreError,
+)
+
+__all__ = [
+    "EngineError",
+    "File",
+    "FileFetchError",
+    "FunctionCall",
+    "Library",
+    "Manager",
+    "ManagerClosedError",
+    "ManagerState",
+    "PythonTask",
+    "ResourcesMeasured",
+    "Result",
+    "Statistics",
+    "Task",
+    "TaskState",
+    "TaskSubmissionError",
+    "VinecoreError",
+    "current_worker",
+    "library_context",
+    "load_variable_from_library",
+]
+
+__version__ = "0.1.0"

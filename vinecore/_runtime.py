@@ -1,0 +1,409 @@
+"""The worker side: run one task in this process, with its limits, and measure it.
+
+Every engine ends up calling :meth:`WorkerRuntime.execute` in some process:
+the sync engine in the caller's own process, the local engine in its worker
+processes, the dask engine in library processes beside each dask worker.
+
+Enforcement, per attempt
+    * memory: the soft ``RLIMIT_AS`` is lowered to the process's current
+      virtual size plus the task's allocation, so an oversized allocation
+      raises ``MemoryError`` inside the task, which ends it as
+      ``resource exhaustion`` while the process, its library contexts and its
+      store survive. The limit is restored afterwards. A task whose measured
+      peak resident memory grew by more than its allocation is also reported
+      as exhausted (allocations that dodged the address-space limit).
+    * time: ``SIGALRM`` interrupts the task after ``time_max`` seconds when it
+      runs in the main thread; a task that overran anyway is reported as
+      ``max wall time``. The process supervisors add a hard kill as backstop.
+    * ``os._exit`` in a process-isolated worker ends the process, which its
+      supervisor reports as ``worker lost``. In-process (sync engine) it is
+      intercepted and reported the same way.
+Measurement
+    wall time, cpu time, and peak RSS from the kernel's high-water mark
+    (``VmHWM``, reset before each task through ``/proc/self/clear_refs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from . import _serialize
+from ._events import Result
+
+__all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context",
+           "load_variable_from_library", "current_worker"]
+
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything a worker needs to run one attempt of a task."""
+
+    task_id: int
+    attempt: int
+    payload: bytes  # cloudpickle of (fn | None, args, kwargs)
+    library: str | None = None
+    function: str | None = None
+    inputs: tuple[tuple[str, str, Any, str], ...] = ()  # (kind, cache name, source, sandbox name)
+    outputs: tuple[tuple[str, str, Any, str], ...] = ()
+    output_temp: str | None = None
+    cores: int = 1
+    memory: int | None = None  # MB
+    time_max: float | None = None
+    category: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    task_id: int
+    result: Result
+    output: bytes | None  # pickled return value or exception; None when kept as a temp
+    std_output: str
+    wall_time: float
+    cpu_time: float
+    memory: float  # MB above the resident size at start
+    peak_rss: float  # MB
+    worker_id: str = ""
+
+
+class DirStore:
+    """The worker-side store: one directory of content named by cache name.
+
+    Processes on one machine share it, so a temp written by one worker process
+    is read by another without passing through the manager. Recently used
+    contents are also kept in memory.
+    """
+
+    def __init__(self, root: str, memory_cache_mb: int = 256) -> None:
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        self._mem: dict[str, bytes] = {}
+        self._mem_bytes = 0
+        self._mem_limit = memory_cache_mb * _MB
+
+    def path(self, cache_name: str) -> str:
+        return os.path.join(self.root, cache_name)
+
+    def has(self, cache_name: str) -> bool:
+        return cache_name in self._mem or os.path.exists(self.path(cache_name))
+
+    def put(self, cache_name: str, data: bytes) -> None:
+        tmp = self.path(f".{cache_name}.{os.getpid()}.{threading.get_ident()}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.path(cache_name))
+        self._remember(cache_name, data)
+
+    def get(self, cache_name: str) -> bytes:
+        data = self._mem.get(cache_name)
+        if data is None:
+            try:
+                with open(self.path(cache_name), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"{cache_name} is not in the worker store {self.root}: its producer has not "
+                    "succeeded, or the file was released") from None
+            self._remember(cache_name, data)
+        return data
+
+    def delete(self, cache_name: str) -> None:
+        data = self._mem.pop(cache_name, None)
+        if data is not None:
+            self._mem_bytes -= len(data)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(cache_name))
+
+    def _remember(self, name: str, data: bytes) -> None:
+        if len(data) > self._mem_limit // 4:
+            return
+        while self._mem and self._mem_bytes + len(data) > self._mem_limit:
+            _, old = self._mem.popitem()
+            self._mem_bytes -= len(old)
+        self._mem[name] = data
+        self._mem_bytes += len(data)
+
+    def materialise(self, kind: str, cache_name: str, source: Any) -> str:
+        """Local path of a declared file's content, fetching it once if needed."""
+        if kind == "file":
+            return source
+        path = self.path(cache_name)
+        if os.path.exists(path):
+            return path
+        if kind == "buffer":
+            self.put(cache_name, source)
+        elif kind == "url":
+            tmp = path + f".{os.getpid()}.part"
+            with urllib.request.urlopen(source, timeout=60) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+            os.replace(tmp, path)
+        elif kind == "temp":
+            self.get(cache_name)  # raises a clear error when absent
+        return path
+
+
+class _TimeLimit(BaseException):
+    """Raised by SIGALRM inside a task over its time_max (not an Exception on purpose)."""
+
+
+class _SimulatedExit(BaseException):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+_current: WorkerRuntime | None = None
+_current_library: str | None = None
+
+
+def current_worker() -> "WorkerRuntime | None":
+    """The runtime executing the current task, or None outside a task."""
+    return _current
+
+
+def library_context(name: str | None = None) -> Any:
+    """The context of the library serving the current FunctionCall (or ``name``)."""
+    rt = _current
+    lib = name or _current_library
+    if rt is None or lib is None:
+        raise RuntimeError("library_context() is only available inside a FunctionCall running on a worker")
+    if lib not in rt.contexts:
+        raise RuntimeError(f"library {lib!r} has no context on worker {rt.worker_id}")
+    return rt.contexts[lib]
+
+
+def load_variable_from_library(variable: str) -> Any:
+    """TaskVine's accessor: ``variable`` from the current library's context dict."""
+    ctx = library_context()
+    try:
+        return ctx[variable]
+    except (KeyError, TypeError):
+        have = sorted(ctx) if isinstance(ctx, dict) else type(ctx).__name__
+        raise KeyError(f"library context has no variable {variable!r}; it has {have}") from None
+
+
+def _resolve_file(kind: str, cache_name: str, source: Any) -> Any:
+    rt = _current
+    if rt is None:
+        from ._files import File
+        return File(kind, cache_name, source)
+    if kind == "temp":
+        return _serialize.loads(rt.store.get(cache_name))
+    return rt.store.materialise(kind, cache_name, source)
+
+
+def _vm_kb() -> tuple[int, int]:
+    """(virtual size, resident size) of this process in kB."""
+    with open("/proc/self/statm") as f:
+        parts = f.read().split()
+    page = os.sysconf("SC_PAGE_SIZE") // 1024
+    return int(parts[0]) * page, int(parts[1]) * page
+
+
+def _hwm_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:  # pragma: no cover - kernels without clear_refs
+        return False
+
+
+class WorkerRuntime:
+    """Runs tasks in this process; keeps library contexts and the store."""
+
+    def __init__(self, worker_id: str, store: DirStore, *, isolated: bool,
+                 sandbox_root: str | None = None) -> None:
+        self.worker_id = worker_id
+        self.store = store
+        self.isolated = isolated
+        self.sandbox_root = sandbox_root or store.root
+        self.libraries: dict[str, Any] = {}
+        self.contexts: dict[str, Any] = {}
+        self.library_errors: dict[str, str] = {}
+        self.context_builds: dict[str, int] = {}
+
+    # -------------------------------------------------------------- libraries
+    def install_library(self, name: str, payload: bytes) -> None:
+        """Import the hoisted modules and build the context, once."""
+        global _current
+        if name in self.libraries:
+            return
+        prev, _current = _current, self
+        try:
+            lib = _serialize.loads(payload)
+            self.libraries[name] = lib
+            for mod in lib.hoisting_modules:
+                __import__(mod)
+            if lib.context is not None:
+                fn, args, kwargs = lib.context
+                self.contexts[name] = fn(*args, **kwargs)
+            else:
+                self.contexts[name] = None
+            self.context_builds[name] = self.context_builds.get(name, 0) + 1
+        except BaseException as exc:  # noqa: BLE001 - reported on every call
+            self.library_errors[name] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        finally:
+            _current = prev
+
+    # ------------------------------------------------------------------ tasks
+    def execute(self, spec: TaskSpec) -> Outcome:
+        global _current, _current_library
+        buf = io.StringIO()
+        result = Result.SUCCESS
+        output: bytes | None = None
+        sandbox = None
+        old_cwd = None
+        old_limit = None
+        alarm = False
+        exit_patch = None
+        _reset_hwm()
+        vsize0, rss0 = _vm_kb()
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        prev, _current = _current, self
+        prev_lib, _current_library = _current_library, spec.library
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                try:
+                    fn, args, kwargs = self._load(spec)
+                    if spec.inputs or spec.outputs:
+                        sandbox = tempfile.mkdtemp(prefix=f"t{spec.task_id}.", dir=self.sandbox_root)
+                        self._stage_inputs(spec, sandbox)
+                        old_cwd = os.getcwd()
+                        os.chdir(sandbox)
+                    if spec.memory:
+                        old_limit = resource.getrlimit(resource.RLIMIT_AS)
+                        cap = vsize0 * 1024 + spec.memory * _MB
+                        hard = old_limit[1]
+                        if hard != resource.RLIM_INFINITY:
+                            cap = min(cap, hard)
+                        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+                    if spec.time_max and threading.current_thread() is threading.main_thread():
+                        signal.signal(signal.SIGALRM, _raise_time_limit)
+                        signal.setitimer(signal.ITIMER_REAL, spec.time_max)
+                        alarm = True
+                    if not self.isolated:
+                        exit_patch = os._exit
+                        os._exit = _simulated_exit  # type: ignore[assignment]
+                    value = fn(*args, **kwargs)
+                    if alarm:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                        alarm = False
+                    if old_limit is not None:
+                        resource.setrlimit(resource.RLIMIT_AS, old_limit)
+                        old_limit = None
+                    if sandbox:
+                        self._collect_outputs(spec, sandbox)
+                    data = _serialize.dumps(value)
+                    if spec.output_temp:
+                        self.store.put(spec.output_temp, data)
+                    else:
+                        output = data
+                except MemoryError as exc:
+                    result, output = Result.RESOURCE_EXHAUSTION, _serialize.exception_payload(exc)
+                    traceback.print_exc()
+                except _TimeLimit:
+                    result = Result.MAX_WALL_TIME
+                    output = _serialize.exception_payload(
+                        TimeoutError(f"task {spec.task_id} ran over its time_max of {spec.time_max} s"))
+                except _SimulatedExit as exc:
+                    result = Result.WORKER_LOST
+                    output = _serialize.exception_payload(
+                        RuntimeError(f"the task called os._exit({exc.code}); the worker would have died"))
+                except BaseException as exc:  # noqa: BLE001 - the task's failure is its result
+                    result, output = Result.EXCEPTION, _serialize.exception_payload(exc)
+                    traceback.print_exc()
+        finally:
+            if alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            if old_limit is not None:
+                resource.setrlimit(resource.RLIMIT_AS, old_limit)
+            if exit_patch is not None:
+                os._exit = exit_patch  # type: ignore[assignment]
+            if old_cwd is not None:
+                os.chdir(old_cwd)
+            if sandbox:
+                shutil.rmtree(sandbox, ignore_errors=True)
+            _current, _current_library = prev, prev_lib
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        peak = max(_hwm_kb(), rss0)
+        grew = max(0.0, (peak - rss0) / 1024)
+        if result is Result.SUCCESS:
+            if spec.memory and grew > spec.memory:
+                result = Result.RESOURCE_EXHAUSTION
+                output = _serialize.exception_payload(MemoryError(
+                    f"task {spec.task_id} grew by {grew:.0f} MB, over its allocation of {spec.memory} MB"))
+            elif spec.time_max and wall > spec.time_max:
+                result = Result.MAX_WALL_TIME
+                output = _serialize.exception_payload(TimeoutError(
+                    f"task {spec.task_id} ran {wall:.2f} s, over its time_max of {spec.time_max} s"))
+        return Outcome(spec.task_id, result, output, buf.getvalue(), wall, cpu, grew, peak / 1024,
+                       self.worker_id)
+
+    def _load(self, spec: TaskSpec):
+        fn, args, kwargs = _serialize.loads(spec.payload)
+        if spec.library is None:
+            return fn, args, kwargs
+        if spec.library in self.library_errors:
+            raise RuntimeError(f"library {spec.library!r} failed to start on worker {self.worker_id}:\n"
+                               + self.library_errors[spec.library])
+        lib = self.libraries.get(spec.library)
+        if lib is None:
+            raise RuntimeError(f"library {spec.library!r} is not installed on worker {self.worker_id}; "
+                               f"installed: {sorted(self.libraries)}. Call Manager.install_library first.")
+        try:
+            return lib.functions[spec.function], args, kwargs
+        except KeyError:
+            raise AttributeError(f"library {spec.library!r} has no function {spec.function!r}; "
+                                 f"it has {sorted(lib.functions)}") from None
+
+    def _stage_inputs(self, spec: TaskSpec, sandbox: str) -> None:
+        for kind, cache_name, source, name in spec.inputs:
+            src = self.store.materialise(kind, cache_name, source)
+            dst = os.path.join(sandbox, name)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.symlink(os.path.abspath(src), dst)
+
+    def _collect_outputs(self, spec: TaskSpec, sandbox: str) -> None:
+        for kind, cache_name, source, name in spec.outputs:
+            path = os.path.join(sandbox, name)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"the task did not write its declared output {name!r} "
+                                        f"(sandbox has {sorted(os.listdir(sandbox))})")
+            if kind == "temp":
+                with open(path, "rb") as f:
+                    self.store.put(cache_name, f.read())
+            else:
+                shutil.copyfile(path, source)
+
+
+def _raise_time_limit(signum, frame):  # pragma: no cover - signal handler
+    raise _TimeLimit()
+
+
+def _simulated_exit(code: int = 0) -> None:
+    raise _SimulatedExit(code)

@@ -1,0 +1,390 @@
+"""The scheduling core: a pure state machine.
+
+``Scheduler.handle(*events) -> list[Action]`` is the only way state changes.
+It has no threads, sockets, clocks or randomness, so every policy below is
+tested by feeding events (``tests/vinecore/test_state.py``).
+
+Policies
+--------
+Readiness
+    A task is WAITING while one of its inputs is the output of a task that has
+    not succeeded yet, READY once all are available. Inputs that no submitted
+    task produces (declared files, buffers, urls) are always available. If the
+    producer of an input ends without success, its consumers complete with
+    ``exception`` ("input missing") without running.
+Selection
+    Highest priority first; equal priorities in submission order (FIFO).
+    Among the tasks of the top priority, a worker prefers one whose locality
+    key it served recently (``Task.set_locality``: e.g. the ROOT file a worker
+    already has open).
+Packing
+    A worker offers ``cores`` and ``slots``. A task without ``cores`` takes the
+    whole worker (TaskVine's rule). A task that fits nowhere stays READY.
+Retries
+    ``exception`` and ``worker lost`` are retried while
+    ``attempts <= retries``; ``resource exhaustion`` and ``max wall time`` are
+    reported to the caller at once (the caller decides: split, enlarge, give up).
+Cancellation
+    A WAITING or READY task completes as ``cancelled`` at once. A RUNNING task
+    completes as ``cancelled`` and a ``Kill`` is issued; its worker slot stays
+    occupied until the engine reports the attempt finished.
+Hunger
+    ``hungry()`` asks for enough tasks to keep ``factor`` times the slots busy,
+    so workers never wait for a round trip to the manager.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from ._events import (
+    Action,
+    CancelRequested,
+    Complete,
+    Dispatch,
+    Event,
+    Kill,
+    Result,
+    TaskFinished,
+    TaskState,
+    TaskSubmitted,
+    Transition,
+    WorkerJoined,
+    WorkerRemoved,
+)
+
+__all__ = ["Scheduler", "SchedulerCounts"]
+
+_RETRYABLE = frozenset({Result.EXCEPTION, Result.WORKER_LOST})
+_SCAN_LIMIT = 64  # ready entries examined for one worker before giving up
+_RECENT_KEYS = 16  # locality keys remembered per worker
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerCounts:
+    waiting: int
+    ready: int
+    running: int
+    done: int
+    failed: int
+    workers: int
+    cores: int
+    slots: int
+
+
+class _Task:
+    __slots__ = (
+        "id", "state", "priority", "cores", "memory", "retries", "attempts",
+        "inputs", "outputs", "locality", "missing", "worker", "token", "cancelled",
+        "alloc_cores",
+    )
+
+    def __init__(self, ev: TaskSubmitted) -> None:
+        self.id = ev.task_id
+        self.state: TaskState | None = None
+        self.priority = ev.priority
+        self.cores = ev.cores
+        self.memory = ev.memory
+        self.retries = ev.retries
+        self.attempts = 0
+        self.inputs = ev.inputs
+        self.outputs = ev.outputs
+        self.locality = ev.locality
+        self.missing: set[str] = set()
+        self.worker: str | None = None
+        self.token = 0
+        self.cancelled = False
+        self.alloc_cores = 0
+
+
+class _Worker:
+    __slots__ = ("id", "cores", "memory", "slots", "used_cores", "used_memory", "running", "recent")
+
+    def __init__(self, ev: WorkerJoined) -> None:
+        self.id = ev.worker_id
+        self.cores = max(1, ev.cores)
+        self.memory = ev.memory
+        self.slots = max(1, ev.slots)
+        self.used_cores = 0
+        self.used_memory = 0
+        self.running: set[int] = set()
+        self.recent: OrderedDict[str, None] = OrderedDict()
+
+    def has_room(self) -> bool:
+        return len(self.running) < self.slots and self.used_cores < self.cores
+
+    def fits(self, t: _Task) -> bool:
+        need = t.cores or self.cores
+        if need > self.cores - self.used_cores:
+            return False
+        if t.memory and self.memory and t.memory > self.memory - self.used_memory:
+            return False
+        return True
+
+
+class Scheduler:
+    """Pure scheduling state: feed it events, carry out the actions it returns."""
+
+    def __init__(self, *, hungry_factor: int = 2, hungry_minimum: int = 2) -> None:
+        self.hungry_factor = hungry_factor
+        self.hungry_minimum = hungry_minimum
+        self.tasks: dict[int, _Task] = {}
+        self.workers: dict[str, _Worker] = {}
+        self._free: dict[str, None] = {}  # workers with a free slot, round-robin order
+        self._heap: list[tuple[float, int, int, int]] = []  # (-priority, seq, token, id)
+        self._by_key: dict[str, deque[tuple[int, int]]] = {}  # locality -> (id, token)
+        self._seq = 0
+        self._producer: dict[str, int] = {}  # cache name -> producing task
+        self._available: set[str] = set()
+        self._failed_files: dict[str, str] = {}  # cache name -> why it will never exist
+        self._waiters: dict[str, list[int]] = {}
+        self._n = {s: 0 for s in TaskState}
+        self._n_failed = 0
+
+    # ------------------------------------------------------------ queries
+    def counts(self) -> SchedulerCounts:
+        live = self.workers.values()
+        return SchedulerCounts(
+            waiting=self._n[TaskState.WAITING],
+            ready=self._n[TaskState.READY],
+            running=self._n[TaskState.RUNNING],
+            done=self._n[TaskState.DONE],
+            failed=self._n_failed,
+            workers=len(self.workers),
+            cores=sum(w.cores for w in live),
+            slots=sum(w.slots for w in live),
+        )
+
+    def hungry(self) -> int:
+        slots = sum(w.slots for w in self.workers.values())
+        want = max(self.hungry_minimum, self.hungry_factor * slots)
+        have = self._n[TaskState.WAITING] + self._n[TaskState.READY] + self._n[TaskState.RUNNING]
+        return max(0, want - have)
+
+    def state_of(self, task_id: int) -> TaskState | None:
+        t = self.tasks.get(task_id)
+        return t.state if t else None
+
+    # ------------------------------------------------------------- events
+    def handle(self, *events: Event) -> list[Action]:
+        out: list[Action] = []
+        for ev in events:
+            if isinstance(ev, TaskFinished):
+                self._on_finished(ev, out)
+            elif isinstance(ev, TaskSubmitted):
+                self._on_submitted(ev, out)
+            elif isinstance(ev, WorkerJoined):
+                self._on_worker_joined(ev, out)
+            elif isinstance(ev, WorkerRemoved):
+                self._on_worker_removed(ev, out)
+            elif isinstance(ev, CancelRequested):
+                self._on_cancel(ev, out)
+            else:
+                raise TypeError(f"Scheduler cannot handle {type(ev).__name__}")
+        self._schedule(out)
+        return out
+
+    def _on_submitted(self, ev: TaskSubmitted, out: list[Action]) -> None:
+        if ev.task_id in self.tasks:
+            raise ValueError(f"task {ev.task_id} was submitted twice")
+        t = _Task(ev)
+        self.tasks[t.id] = t
+        for name in t.outputs:
+            self._producer[name] = t.id
+            self._available.discard(name)
+            self._failed_files.pop(name, None)
+        missing_reason = None
+        temps = set(ev.temps)
+        for name in t.inputs:
+            if name in self._failed_files:
+                missing_reason = f"input {name} will never exist: {self._failed_files[name]}"
+            elif (name in temps or name in self._producer) and name not in self._available:
+                t.missing.add(name)
+                self._waiters.setdefault(name, []).append(t.id)
+        self._set_state(t, TaskState.WAITING, out)
+        if missing_reason:
+            self._finish(t, Result.EXCEPTION, out, reason=missing_reason)
+        elif not t.missing:
+            self._make_ready(t, out)
+
+    def _on_worker_joined(self, ev: WorkerJoined, out: list[Action]) -> None:
+        if ev.worker_id in self.workers:
+            return
+        w = _Worker(ev)
+        self.workers[w.id] = w
+        self._free[w.id] = None
+
+    def _on_worker_removed(self, ev: WorkerRemoved, out: list[Action]) -> None:
+        w = self.workers.pop(ev.worker_id, None)
+        if w is None:
+            return
+        self._free.pop(w.id, None)
+        for tid in sorted(w.running):
+            t = self.tasks[tid]
+            t.worker = None
+            if t.state is TaskState.RUNNING:
+                self._attempt_ended(t, Result.WORKER_LOST, None, w.id, out, ev.reason)
+
+    def _on_cancel(self, ev: CancelRequested, out: list[Action]) -> None:
+        t = self.tasks.get(ev.task_id)
+        if t is None or t.state is TaskState.DONE:
+            return
+        t.cancelled = True
+        if t.state is TaskState.RUNNING and t.worker is not None:
+            out.append(Kill(t.id, t.worker))
+        self._finish(t, Result.CANCELLED, out, reason="cancelled by the manager")
+
+    def _on_finished(self, ev: TaskFinished, out: list[Action]) -> None:
+        t = self.tasks.get(ev.task_id)
+        w = self.workers.get(ev.worker_id)
+        if t is None or t.worker != ev.worker_id:
+            return  # a late report for an attempt already written off
+        self._release_slot(t, w)
+        if t.state is not TaskState.RUNNING:
+            return  # cancelled while running: only the slot needed freeing
+        if ev.result is Result.SUCCESS:
+            self._finish(t, Result.SUCCESS, out, report=ev.report, worker=ev.worker_id)
+        else:
+            self._attempt_ended(t, ev.result, ev.report, ev.worker_id, out, "")
+
+    # ------------------------------------------------------------ helpers
+    def _attempt_ended(self, t: _Task, result: Result, report, worker: str | None,
+                       out: list[Action], why: str) -> None:
+        if result in _RETRYABLE and t.attempts <= t.retries:
+            out.append(Transition(t.id, t.state, TaskState.READY, worker,
+                                  f"retry {t.attempts}/{t.retries} after {result.value}"
+                                  + (f" ({why})" if why else "")))
+            self._n[t.state] -= 1
+            t.state = None
+            self._make_ready(t, out, log=False)
+        else:
+            self._finish(t, result, out, report=report, worker=worker, reason=why)
+
+    def _release_slot(self, t: _Task, w: _Worker | None) -> None:
+        if w is not None and t.id in w.running:
+            w.running.discard(t.id)
+            w.used_cores -= t.alloc_cores
+            w.used_memory -= t.memory or 0
+            self._free[w.id] = None
+        t.worker = None
+        t.alloc_cores = 0
+
+    def _set_state(self, t: _Task, new: TaskState, out: list[Action], worker=None, detail="") -> None:
+        if t.state is not None:
+            self._n[t.state] -= 1
+        out.append(Transition(t.id, t.state, new, worker, detail))
+        t.state = new
+        self._n[new] += 1
+
+    def _make_ready(self, t: _Task, out: list[Action], log: bool = True) -> None:
+        if log:
+            self._set_state(t, TaskState.READY, out)
+        else:
+            t.state = TaskState.READY
+            self._n[TaskState.READY] += 1
+        t.token += 1
+        self._seq += 1
+        heapq.heappush(self._heap, (-t.priority, self._seq, t.token, t.id))
+        if t.locality is not None:
+            self._by_key.setdefault(t.locality, deque()).append((t.id, t.token))
+
+    def _finish(self, t: _Task, result: Result, out: list[Action], *, report=None,
+                worker: str | None = None, reason: str = "") -> None:
+        self._set_state(t, TaskState.DONE, out, worker, result.value if not reason else f"{result.value}: {reason}")
+        if result is not Result.SUCCESS:
+            self._n_failed += 1
+        out.append(Complete(t.id, result, report, worker, t.attempts, reason))
+        for name in t.outputs:
+            if self._producer.get(name) != t.id:
+                continue
+            if result is Result.SUCCESS:
+                self._available.add(name)
+                for wid in self._waiters.pop(name, ()):
+                    waiter = self.tasks[wid]
+                    waiter.missing.discard(name)
+                    if waiter.state is TaskState.WAITING and not waiter.missing:
+                        self._make_ready(waiter, out)
+            else:
+                why = f"its producer, task {t.id}, ended with {result.value}"
+                self._failed_files[name] = why
+                for wid in self._waiters.pop(name, ()):
+                    waiter = self.tasks[wid]
+                    if waiter.state is TaskState.WAITING:
+                        self._finish(waiter, Result.EXCEPTION, out, reason=f"input {name} missing: {why}")
+
+    def _valid(self, tid: int, token: int) -> bool:
+        t = self.tasks.get(tid)
+        return t is not None and t.state is TaskState.READY and t.token == token
+
+    def _top(self):
+        while self._heap:
+            negp, _seq, token, tid = self._heap[0]
+            if self._valid(tid, token):
+                return self.tasks[tid]
+            heapq.heappop(self._heap)
+        return None
+
+    def _pick(self, w: _Worker) -> _Task | None:
+        top = self._top()
+        if top is None:
+            return None
+        for key in reversed(w.recent):
+            dq = self._by_key.get(key)
+            while dq and not self._valid(*dq[0]):
+                dq.popleft()
+            if dq:
+                cand = self.tasks[dq[0][0]]
+                if cand.priority == top.priority and w.fits(cand):
+                    dq.popleft()
+                    return cand
+            elif dq is not None:
+                del self._by_key[key]
+        skipped = []
+        found = None
+        while self._heap and len(skipped) < _SCAN_LIMIT:
+            entry = heapq.heappop(self._heap)
+            if not self._valid(entry[3], entry[2]):
+                continue
+            t = self.tasks[entry[3]]
+            if w.fits(t):
+                found = t
+                break
+            skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        return found
+
+    def _schedule(self, out: list[Action]) -> None:
+        if not self._n[TaskState.READY] or not self._free:
+            return
+        for wid in list(self._free):
+            w = self.workers[wid]
+            while self._n[TaskState.READY] and w.has_room():
+                t = self._pick(w)
+                if t is None:
+                    break
+                self._dispatch(t, w, out)
+            if not w.has_room():
+                self._free.pop(wid, None)
+            else:
+                self._free.pop(wid, None)  # round robin: move to the back
+                self._free[wid] = None
+            if not self._n[TaskState.READY]:
+                break
+
+    def _dispatch(self, t: _Task, w: _Worker, out: list[Action]) -> None:
+        t.attempts += 1
+        t.worker = w.id
+        t.alloc_cores = t.cores or w.cores
+        w.used_cores += t.alloc_cores
+        w.used_memory += t.memory or 0
+        w.running.add(t.id)
+        if t.locality is not None:
+            w.recent.pop(t.locality, None)
+            w.recent[t.locality] = None
+            if len(w.recent) > _RECENT_KEYS:
+                w.recent.popitem(last=False)
+        self._set_state(t, TaskState.RUNNING, out, w.id, f"attempt {t.attempts}")
+        out.append(Dispatch(t.id, w.id, t.attempts, t.alloc_cores))

@@ -1,0 +1,36 @@
+"""Errors raised by vinecore.
+
+::
+
+    VinecoreError
+    ├── ManagerClosedError      the manager was used after close()
+    ├── TaskSubmissionError     a task cannot be submitted (not picklable, library missing, ...)
+    ├── EngineError             an engine could not start or lost its cluster
+    └── FileFetchError          fetch_file() of something that does not exist (yet)
+
+A task's own failure is never raised: it is the task's ``result`` and ``output``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["VinecoreError", "ManagerClosedError", "TaskSubmissionError", "EngineError", "FileFetchError"]
+
+
+class VinecoreError(Exception):
+    """Base class of vinecore's errors."""
+
+
+class ManagerClosedError(VinecoreError, RuntimeError):
+    pass
+
+
+class TaskSubmissionError(VinecoreError, ValueError):
+    pass
+
+
+class EngineError(VinecoreError, RuntimeError):
+    pass
+
+
+class FileFetchError(VinecoreError, FileNotFoundError):
+    pass

@@ -1,0 +1,354 @@
+"""The engine conformance suite: the same checks for every engine.
+
+Each ``check_*`` function takes a factory ``make(workers=2, **kw) -> Manager``
+and a scratch directory, drives a real manager and asserts the documented
+behaviour. ``tests/vinecore/test_engines.py`` runs every check on every engine
+(``sync``, ``local``, and ``dask`` against real scheduler and worker processes).
+
+Tasks here communicate with the test only through files, so the checks hold
+whether the task runs in this process, a local worker, or a dask worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from . import FunctionCall, Manager, ManagerClosedError, PythonTask, TaskSubmissionError, current_worker
+
+__all__ = ["CHECKS", "run_all"]
+
+MakeManager = Callable[..., Manager]
+
+
+# ------------------------------------------------------------- task bodies
+def _add(a, b):
+    print("adding", a, b)
+    return a + b
+
+
+def _boom(msg):
+    raise ValueError(msg)
+
+
+def _log_line(path, text):
+    with open(path, "a") as f:
+        f.write(text + "\n")
+
+
+def _context(log_path):
+    wid = current_worker().worker_id if current_worker() else "?"
+    _log_line(log_path, f"{wid} {os.getpid()}")
+    return {"worker": wid, "pid": os.getpid(), "token": os.urandom(8).hex()}
+
+
+def _whoami(i):
+    from vinecore import load_variable_from_library
+
+    return i, load_variable_from_library("worker"), load_variable_from_library("token")
+
+
+def _make_dict(n):
+    return {"n": n, "payload": list(range(n))}
+
+
+def _sum_n(*dicts):
+    return sum(d["n"] for d in dicts)
+
+
+def _read_input(name):
+    with open(name, "rb") as f:
+        return f.read()
+
+
+def _write_output(name, data):
+    with open(name, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
+def _hog(mb):
+    import numpy as np
+
+    a = np.ones(mb * 1024 * 1024 // 8)
+    return float(a.sum())
+
+
+def _sleep(seconds, log_path=None, name=None):
+    if log_path:
+        _log_line(log_path, f"start {name}")
+    time.sleep(seconds)
+    return seconds
+
+
+def _exit_now(code):
+    os._exit(code)
+
+
+def _flaky(counter_path, failures):
+    with open(counter_path, "a+") as f:
+        f.seek(0)
+        seen = len(f.read().splitlines())
+        f.write("x\n")
+    if seen < failures:
+        raise RuntimeError(f"flaky failure {seen + 1}")
+    return seen
+
+
+def _drain(m: Manager, timeout: float = 60.0) -> list:
+    done = []
+    deadline = time.monotonic() + timeout
+    while not m.empty():
+        t = m.wait(max(0.1, deadline - time.monotonic()))
+        assert time.monotonic() < deadline, f"tasks still unfinished after {timeout} s: {m.statistics()}"
+        if t is not None:
+            done.append(t)
+    return done
+
+
+# ------------------------------------------------------------------ checks
+def check_python_task(make: MakeManager, tmp: str) -> None:
+    with make() as m:
+        t = PythonTask(_add, 40, b=2)
+        tid = m.submit(t)
+        assert tid == t.id
+        got = m.wait(30)
+        assert got is t and t.result == "success", (t.result, t.output)
+        assert t.output == 42
+        assert "adding 40 2" in t.std_output
+        assert t.resources_measured is not None and t.resources_measured.wall_time >= 0
+        assert t.worker is not None
+        assert m.wait(0) is None and m.empty()
+
+
+def check_remote_exception(make: MakeManager, tmp: str) -> None:
+    with make() as m:
+        t = PythonTask(_boom, "kaboom 17")
+        m.submit(t)
+        assert m.wait(30) is t
+        assert t.result == "exception"
+        assert isinstance(t.output, ValueError) and "kaboom 17" in str(t.output)
+        tb = t.output.remote_traceback
+        assert "_boom" in tb and "ValueError: kaboom 17" in tb, tb
+        assert "kaboom 17" in t.std_output
+
+
+def check_library_context_once_per_worker(make: MakeManager, tmp: str) -> None:
+    log = os.path.join(tmp, "contexts.log")
+    with make(workers=2) as m:
+        lib = m.create_library_from_functions("ctx", _whoami, library_context_info=[_context, [log], {}],
+                                              hoisting_modules=["json"])
+        m.install_library(lib)
+        for i in range(24):
+            m.submit(FunctionCall("ctx", "_whoami", i))
+        done = _drain(m)
+        assert all(t.result == "success" for t in done), [(t.result, t.output) for t in done]
+        assert sorted(t.output[0] for t in done) == list(range(24))
+        with open(log) as f:
+            builds = [line.split()[0] for line in f.read().splitlines()]
+        assert len(builds) == len(set(builds)), f"a context was built twice on one worker: {builds}"
+        tokens: dict[str, set[str]] = {}
+        for t in done:
+            tokens.setdefault(t.output[1], set()).add(t.output[2])
+        assert set(tokens) <= set(builds)
+        assert all(len(v) == 1 for v in tokens.values()), f"calls on one worker saw different contexts: {tokens}"
+
+
+def check_temp_between_tasks(make: MakeManager, tmp: str) -> None:
+    with make() as m:
+        p1, p2 = PythonTask(_make_dict, 3), PythonTask(_make_dict, 4)
+        f1, f2 = p1.enable_temp_output(), p2.enable_temp_output()
+        consumer = PythonTask(_sum_n, f1, f2)
+        m.submit(consumer)  # submitted first: must wait for its inputs
+        m.submit(p1)
+        m.submit(p2)
+        done = {t.id: t for t in _drain(m)}
+        assert done[p1.id].result == "success" and p1.output is None  # the value stayed on the worker
+        assert consumer.result == "success" and consumer.output == 7, (consumer.result, consumer.output)
+        assert m.fetch_value(f1) == {"n": 3, "payload": [0, 1, 2]}
+        buf = m.declare_buffer(b"hello vine")
+        reader = PythonTask(_read_input, "in.txt")
+        reader.add_input(buf, "in.txt")
+        out = m.declare_temp()
+        writer = PythonTask(_write_output, "out.bin", b"written")
+        writer.add_output(out, "out.bin")
+        m.submit(reader)
+        m.submit(writer)
+        _drain(m)
+        assert reader.output == b"hello vine", (reader.result, reader.output)
+        assert writer.result == "success" and m.fetch_file(out) == b"written"
+
+
+def check_memory_exhaustion(make: MakeManager, tmp: str) -> None:
+    with make(workers=2) as m:
+        keep = PythonTask(_make_dict, 5)
+        kept = keep.enable_temp_output()
+        m.submit(keep)
+        _drain(m)
+        hog = PythonTask(_hog, 400)
+        hog.set_memory(200)
+        normal = PythonTask(_add, 1, 1)
+        normal.set_memory(200)
+        m.submit(hog)
+        m.submit(normal)
+        _drain(m)
+        assert hog.result == "resource exhaustion", (hog.result, hog.output)
+        assert normal.result == "success" and normal.output == 2
+        after = PythonTask(_sum_n, kept)
+        m.submit(after)
+        _drain(m)
+        assert after.result == "success" and after.output == 5, (after.result, after.output)
+
+
+def check_time_limit(make: MakeManager, tmp: str) -> None:
+    with make() as m:
+        t = PythonTask(_sleep, 30)
+        t.set_time_max(1)
+        t0 = time.monotonic()
+        m.submit(t)
+        _drain(m)
+        assert t.result == "max wall time", (t.result, t.output)
+        assert time.monotonic() - t0 < 10
+        ok = PythonTask(_add, 2, 3)
+        m.submit(ok)
+        _drain(m)
+        assert ok.output == 5
+
+
+def check_exit_in_task(make: MakeManager, tmp: str) -> None:
+    log = os.path.join(tmp, "contexts.log")
+    with make(workers=1) as m:
+        lib = m.create_library_from_functions("ctx", _whoami, library_context_info=[_context, [log], {}])
+        m.install_library(lib)
+        first = FunctionCall("ctx", "_whoami", 1)
+        m.submit(first)
+        _drain(m)
+        t = PythonTask(_exit_now, 3)
+        m.submit(t)
+        _drain(m)
+        assert t.result == "worker lost", (t.result, t.output)
+        again = FunctionCall("ctx", "_whoami", 2)
+        m.submit(again)
+        _drain(m)
+        assert again.result == "success", (again.result, again.output)
+        assert again.output[2] != first.output[2], "the replacement worker reused the dead worker's context"
+
+
+def check_retries(make: MakeManager, tmp: str) -> None:
+    with make() as m:
+        ok = PythonTask(_flaky, os.path.join(tmp, "c1"), 2)
+        ok.set_retries(2)
+        bad = PythonTask(_flaky, os.path.join(tmp, "c2"), 5)
+        bad.set_retries(1)
+        m.submit(ok)
+        m.submit(bad)
+        _drain(m)
+        assert ok.result == "success" and ok.output == 2 and ok.attempts == 3, (ok.result, ok.output, ok.attempts)
+        assert bad.result == "exception" and bad.attempts == 2 and "flaky failure 2" in str(bad.output)
+
+
+def check_priorities(make: MakeManager, tmp: str) -> None:
+    log = os.path.join(tmp, "order.log")
+    with make(workers=2) as m:
+        workers = m.statistics().workers
+        for i in range(workers):
+            m.submit(PythonTask(_sleep, 0.5, log, f"block{i}"))
+        for i in range(4):
+            t = PythonTask(_sleep, 0, log, f"low{i}")
+            t.set_priority(1)
+            m.submit(t)
+        for i in range(4):
+            t = PythonTask(_sleep, 0, log, f"high{i}")
+            t.set_priority(10)
+            m.submit(t)
+        _drain(m)
+        with open(log) as f:
+            order = [line.split()[1] for line in f.read().splitlines()]
+        started = [n for n in order if not n.startswith("block")]
+        assert started[:4] == [f"high{i}" for i in range(4)], order
+        assert sorted(started[4:]) == [f"low{i}" for i in range(4)], order
+
+
+def check_cancel(make: MakeManager, tmp: str) -> None:
+    with make(workers=1) as m:
+        long = PythonTask(_sleep, 60)
+        queued = PythonTask(_add, 1, 2)
+        m.submit(long)
+        m.submit(queued)
+        if m.statistics().engine != "sync":
+            time.sleep(0.3)  # let the long task start on its worker
+            m.wait(0)
+        assert m.cancel_by_task_id(queued.id)
+        assert m.cancel_by_task_id(long.id)
+        t0 = time.monotonic()
+        done = _drain(m, timeout=30)
+        assert {t.id for t in done} == {long.id, queued.id}
+        assert long.result == "cancelled" and queued.result == "cancelled"
+        assert time.monotonic() - t0 < 10
+        assert not m.cancel_by_task_id(long.id)
+        nxt = PythonTask(_add, 3, 4)
+        m.submit(nxt)
+        _drain(m)
+        assert nxt.output == 7
+
+
+def check_hungry_and_statistics(make: MakeManager, tmp: str) -> None:
+    with make(workers=2) as m:
+        s = m.statistics()
+        assert s.workers >= 1 and s.cores >= s.workers and s.tasks_submitted == 0
+        appetite = m.hungry()
+        assert appetite >= 2 * s.workers
+        tasks = [PythonTask(_sleep, 0.2) for _ in range(appetite)]
+        for t in tasks:
+            m.submit(t)
+        assert m.hungry() == 0
+        s = m.statistics()
+        assert s.tasks_submitted == appetite and s.tasks_waiting + s.tasks_running == appetite
+        bad = PythonTask(_boom, "x")
+        m.submit(bad)
+        _drain(m)
+        s = m.statistics()
+        assert s.tasks_done == appetite + 1 and s.tasks_failed == 1 and s.tasks_running == 0
+        assert m.hungry() == appetite
+
+
+def check_errors_and_close(make: MakeManager, tmp: str) -> None:
+    import threading
+
+    m = make()
+    with m:
+        lock = threading.Lock()
+        try:
+            m.submit(PythonTask(_add, lock, 1))
+        except TaskSubmissionError as exc:
+            assert "cannot be pickled" in str(exc)
+        else:
+            raise AssertionError("an unpicklable argument was accepted")
+        try:
+            m.submit(FunctionCall("nope", "f"))
+        except TaskSubmissionError as exc:
+            assert "not installed" in str(exc)
+        else:
+            raise AssertionError("a call to a missing library was accepted")
+        t = PythonTask(_add, 1, 2)
+        m.submit(t)
+        _drain(m)
+        log = os.path.join(m.run_dir, "transactions.jsonl")
+        assert os.path.exists(log)
+    try:
+        m.submit(PythonTask(_add, 1, 2))
+    except ManagerClosedError as exc:
+        assert "closed" in str(exc)
+    else:
+        raise AssertionError("submit after close did not raise")
+
+
+CHECKS = {name[len("check_"):]: fn for name, fn in sorted(globals().items()) if name.startswith("check_")}
+
+
+def run_all(make: MakeManager, tmp: str) -> None:
+    for name, check in CHECKS.items():
+        d = os.path.join(tmp, name)
+        os.makedirs(d, exist_ok=True)
+        check(make, d)
