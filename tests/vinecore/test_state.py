@@ -1,0 +1,192 @@
+"""Event-driven tests of the pure scheduler: no processes, no clocks, no sleeps."""
+
+import pytest
+
+from vinecore._events import (
+    CancelRequested,
+    Complete,
+    Dispatch,
+    Kill,
+    Result,
+    TaskFinished,
+    TaskState,
+    TaskSubmitted,
+    WorkerJoined,
+    WorkerRemoved,
+)
+from vinecore._state import Scheduler
+
+
+def dispatches(actions):
+    return [(a.task_id, a.worker_id) for a in actions if isinstance(a, Dispatch)]
+
+
+def completes(actions):
+    return {a.task_id: a.result for a in actions if isinstance(a, Complete)}
+
+
+def finished(tid, wid, result=Result.SUCCESS):
+    return TaskFinished(tid, wid, result)
+
+
+def test_fifo_within_priority_and_priority_first():
+    s = Scheduler()
+    s.handle(*(TaskSubmitted(i, priority=p) for i, p in [(1, 0), (2, 5), (3, 0), (4, 5)]))
+    acts = s.handle(WorkerJoined("w", slots=1))
+    assert dispatches(acts) == [(2, "w")]
+    order = [2]
+    for _ in range(3):
+        acts = s.handle(finished(order[-1], "w"))
+        order += [d[0] for d in dispatches(acts)]
+    assert order == [2, 4, 1, 3]
+
+
+def test_task_waits_for_temp_even_before_its_producer_is_known():
+    s = Scheduler()
+    s.handle(WorkerJoined("w", slots=2, cores=2))
+    acts = s.handle(TaskSubmitted(1, inputs=("temp-a",), temps=("temp-a",), cores=1))
+    assert dispatches(acts) == [] and s.state_of(1) is TaskState.WAITING
+    acts = s.handle(TaskSubmitted(2, outputs=("temp-a",), cores=1))
+    assert dispatches(acts) == [(2, "w")]
+    acts = s.handle(finished(2, "w"))
+    assert dispatches(acts) == [(1, "w")]
+
+
+def test_failed_producer_fails_consumers_without_running_them():
+    s = Scheduler()
+    s.handle(WorkerJoined("w"))
+    s.handle(TaskSubmitted(1, outputs=("t",)), TaskSubmitted(2, inputs=("t",), temps=("t",)))
+    acts = s.handle(finished(1, "w", Result.RESOURCE_EXHAUSTION))
+    assert completes(acts) == {1: Result.RESOURCE_EXHAUSTION, 2: Result.EXCEPTION}
+    reason = [a.reason for a in acts if isinstance(a, Complete) and a.task_id == 2][0]
+    assert "input t missing" in reason and "resource exhaustion" in reason
+    acts = s.handle(TaskSubmitted(3, inputs=("t",), temps=("t",)))
+    assert completes(acts) == {3: Result.EXCEPTION}
+
+
+def test_retries_count_attempts_and_exhaustion_is_not_retried():
+    s = Scheduler()
+    s.handle(WorkerJoined("w"))
+    s.handle(TaskSubmitted(1, retries=1), TaskSubmitted(2, retries=5))
+    acts = s.handle(finished(1, "w", Result.EXCEPTION))
+    assert completes(acts) == {} and dispatches(acts) == [(2, "w")]  # 1 requeued behind 2
+    acts = s.handle(finished(2, "w", Result.RESOURCE_EXHAUSTION))
+    assert completes(acts) == {2: Result.RESOURCE_EXHAUSTION}
+    assert dispatches(acts) == [(1, "w")]
+    acts = s.handle(finished(1, "w", Result.EXCEPTION))
+    assert completes(acts) == {1: Result.EXCEPTION}
+    assert [a.attempts for a in acts if isinstance(a, Complete)] == [2]
+
+
+def test_worker_removed_requeues_running_task_elsewhere():
+    s = Scheduler()
+    s.handle(WorkerJoined("a"), WorkerJoined("b"))
+    acts = s.handle(TaskSubmitted(1, retries=1), TaskSubmitted(2, retries=0))
+    placed = dict(dispatches(acts))
+    acts = s.handle(WorkerRemoved(placed[1]))
+    assert completes(acts) == {}
+    survivor = "b" if placed[1] == "a" else "a"
+    # task 1 waits for the survivor, which is busy with task 2
+    acts = s.handle(finished(2, survivor))
+    assert dispatches(acts) == [(1, survivor)]
+    acts = s.handle(WorkerRemoved(survivor))
+    assert completes(acts) == {1: Result.WORKER_LOST}
+
+
+def test_late_report_from_removed_worker_is_ignored():
+    s = Scheduler()
+    s.handle(WorkerJoined("a"), WorkerJoined("b"))
+    s.handle(TaskSubmitted(1, retries=2))
+    s.handle(WorkerRemoved("a"))
+    acts = s.handle(finished(1, "a"))
+    assert completes(acts) == {} and s.state_of(1) is TaskState.RUNNING
+
+
+def test_cancel_waiting_and_running():
+    s = Scheduler()
+    s.handle(WorkerJoined("w"))
+    s.handle(TaskSubmitted(1), TaskSubmitted(2))
+    acts = s.handle(CancelRequested(2))
+    assert completes(acts) == {2: Result.CANCELLED}
+    acts = s.handle(CancelRequested(1))
+    assert completes(acts) == {1: Result.CANCELLED}
+    assert [a for a in acts if isinstance(a, Kill)] == [Kill(1, "w")]
+    s.handle(TaskSubmitted(3))
+    assert s.state_of(3) is TaskState.READY  # slot still held by the killed attempt
+    acts = s.handle(finished(1, "w", Result.CANCELLED))
+    assert completes(acts) == {} and dispatches(acts) == [(3, "w")]
+
+
+def test_packing_by_cores_and_whole_worker_default():
+    s = Scheduler()
+    s.handle(WorkerJoined("big", cores=4, slots=4))
+    acts = s.handle(TaskSubmitted(1, cores=1), TaskSubmitted(2, cores=2), TaskSubmitted(3, cores=2),
+                    TaskSubmitted(4))
+    assert dispatches(acts) == [(1, "big"), (2, "big")]
+    # 3 cores used: task 3 (2 cores) and task 4 (whole worker) wait
+    acts = s.handle(finished(1, "big"))
+    assert dispatches(acts) == [(3, "big")]
+    acts = s.handle(finished(2, "big"))
+    assert dispatches(acts) == []  # task 4 needs all 4 cores
+    acts = s.handle(finished(3, "big"))
+    assert dispatches(acts) == [(4, "big")]  # no cores given: the whole worker
+
+
+def test_locality_prefers_warm_worker_within_top_priority():
+    s = Scheduler()
+    s.handle(WorkerJoined("a"), WorkerJoined("b"))
+    acts = s.handle(TaskSubmitted(1, locality="f1"), TaskSubmitted(2, locality="f2"))
+    placed = dict(dispatches(acts))
+    s.handle(TaskSubmitted(3, locality="f2"), TaskSubmitted(4, locality="f1"))
+    acts = s.handle(finished(1, placed[1]))
+    assert dispatches(acts) == [(4, placed[1])]  # f1's worker takes the later f1 chunk
+    acts = s.handle(finished(2, placed[2]))
+    assert dispatches(acts) == [(3, placed[2])]
+
+
+def test_locality_never_beats_priority():
+    s = Scheduler()
+    s.handle(WorkerJoined("a"))
+    s.handle(TaskSubmitted(1, locality="f1"))
+    s.handle(TaskSubmitted(2, locality="f1"), TaskSubmitted(3, priority=9))
+    acts = s.handle(finished(1, "a"))
+    assert dispatches(acts) == [(3, "a")]
+
+
+def test_hungry_tracks_slots_and_queue():
+    s = Scheduler(hungry_factor=2)
+    s.handle(WorkerJoined("a", slots=1), WorkerJoined("b", slots=2, cores=2))
+    assert s.hungry() == 6
+    s.handle(*(TaskSubmitted(i, cores=1) for i in range(4)))
+    assert s.hungry() == 2
+    c = s.counts()
+    assert (c.running, c.ready, c.workers, c.slots) == (3, 1, 2, 3)
+
+
+def test_task_that_fits_nowhere_stays_ready_and_does_not_block_others():
+    s = Scheduler()
+    s.handle(WorkerJoined("w", cores=2, slots=2))
+    acts = s.handle(TaskSubmitted(1, cores=8), TaskSubmitted(2, cores=1))
+    assert dispatches(acts) == [(2, "w")]
+    assert s.state_of(1) is TaskState.READY
+
+
+def test_duplicate_submission_is_an_error():
+    s = Scheduler()
+    s.handle(TaskSubmitted(1))
+    with pytest.raises(ValueError, match="submitted twice"):
+        s.handle(TaskSubmitted(1))
+
+
+def test_many_tasks_scale_linearly():
+    s = Scheduler()
+    s.handle(WorkerJoined("w", slots=4, cores=4))
+    s.handle(*(TaskSubmitted(i, cores=1) for i in range(20_000)))
+    done = 0
+    running = [i for i in range(4)]
+    while running:
+        tid = running.pop(0)
+        acts = s.handle(finished(tid, "w"))
+        done += 1
+        running += [d[0] for d in dispatches(acts)]
+    assert done == 20_000 and s.counts().done == 20_000
