@@ -1,0 +1,47 @@
+"""ddr: Dynamic Data Reduction of Coffea processors over NanoAOD.
+
+Layers (datasets -> plan -> tasks -> engine -> reduce)::
+
+    _datasets   coffea fileset dialects -> Dataset, FileSpec
+    _planning   lazy chunk planning: files -> Chunk (file, tree, start, stop)
+    _chunking   adaptive chunk sizing policy
+    _sources    per-dataset lazy work supply (counting on workers, requeues)
+    _worker     the "ddr" vinecore library: process / accumulate / count on workers
+    _coffea     worker side: NanoEvents with cached open files, processors, errors
+    _reducers   default reducer: coffea's accumulate semantics
+    _ledger     exactly-once accounting of what each partial covers
+    _driver     Reduction: submits tasks, reduces on workers, splits and retries
+    _api        DynamicDataReduction, CoffeaDynamicDataReduction, RunHandle
+    progress    rich / plain progress views
+    cli         the `ddr` command
+
+ddr uses only vinecore's public API.
+"""
+
+from ._api import CoffeaDynamicDataReduction, DynamicDataReduction, RunHandle
+from ._datasets import Dataset, FileSpec, load_fileset, write_fileset
+from ._driver import DatasetProgress
+from ._planning import Chunk
+from ._reducers import accumulate_pair
+from .exceptions import BadInputError, DatasetNotFound, DDRError, FilesetError, ProcessorError, TreeNotFound
+
+__all__ = [
+    "BadInputError",
+    "Chunk",
+    "CoffeaDynamicDataReduction",
+    "DDRError",
+    "Dataset",
+    "DatasetNotFound",
+    "DatasetProgress",
+    "DynamicDataReduction",
+    "FileSpec",
+    "FilesetError",
+    "ProcessorError",
+    "RunHandle",
+    "TreeNotFound",
+    "accumulate_pair",
+    "load_fileset",
+    "write_fileset",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,373 @@
+"""The public entry points: :class:`DynamicDataReduction` and its coffea flavour.
+
+``DynamicDataReduction`` is generic: any ``preprocess`` that yields work items
+with sizes, any ``postprocess`` that turns an item into the processors' input,
+any commutative and associative ``reducer``. ``CoffeaDynamicDataReduction``
+fills those in for coffea filesets and NanoEvents.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import vinecore
+
+from ._chunking import ChunkSizer
+from ._datasets import Dataset, load_fileset
+from ._driver import DatasetProgress, Reduction, RunOptions
+from ._reducers import accumulate_pair
+from ._sources import FilesetSource, GenericSource
+from ._worker import Job
+
+__all__ = ["DynamicDataReduction", "CoffeaDynamicDataReduction", "RunHandle", "normalize_processors"]
+
+_run_counter = 0
+
+
+def normalize_processors(processors: Any) -> tuple[dict[str, Any], bool]:
+    """``{name: processor}`` and whether a single processor was given."""
+    if isinstance(processors, Mapping):
+        if not processors:
+            raise ValueError("no processors given: pass a processor, a list or a dict of them")
+        return {str(k): v for k, v in processors.items()}, False
+    if isinstance(processors, (list, tuple)):
+        if not processors:
+            raise ValueError("no processors given: the list is empty")
+        out: dict[str, Any] = {}
+        for p in processors:
+            name = _name_of(p)
+            n, i = name, 2
+            while n in out:
+                n, i = f"{name}#{i}", i + 1
+            out[n] = p
+        return out, False
+    return {_name_of(processors): processors}, True
+
+
+def _name_of(p: Any) -> str:
+    if hasattr(p, "process"):
+        return type(p).__name__
+    return getattr(p, "__name__", None) or type(p).__name__
+
+
+class DynamicDataReduction:
+    """Reduce ``processors`` over ``data`` with streaming, on-worker reduction.
+
+    Parameters
+    ----------
+    data:
+        ``{"datasets": {name: spec}}`` or ``{name: spec}``.
+    processors:
+        a callable or coffea ``ProcessorABC``, or a list or dict of them.
+    preprocess:
+        ``spec -> iterable of (item, size)``, run lazily on the manager.
+    postprocess:
+        ``item -> input`` of the processors, run on the worker.
+    reducer:
+        ``(a, b) -> merged``; commutative and associative. Default: coffea's
+        ``accumulate`` semantics (dicts of hist, numbers, sets, accumulators).
+    accumulation_size:
+        how many partial results one accumulation task merges.
+    manager:
+        an open :class:`vinecore.Manager` to reuse (warm workers); otherwise one
+        is created with ``engine``, ``workers`` and ``run_dir`` and closed at the end.
+    cores, memory, time_max:
+        resources of each processing task (memory in MB, time in s).
+    """
+
+    def __init__(self, data: Any, processors: Any, *, preprocess: Callable[[Any], Iterable[Any]] | None = None,
+                 postprocess: Callable[[Any], Any] | None = None,
+                 reducer: Callable[[Any, Any], Any] | None = None, accumulation_size: int = 8,
+                 manager: vinecore.Manager | None = None, engine: Any = "local", workers: int | None = None,
+                 run_dir: str | os.PathLike | None = None, cores: int = 1, memory: int | None = None,
+                 time_max: float | None = None, retries: int = 3, skip_bad_files: bool = False,
+                 engine_options: Mapping[str, Any] | None = None) -> None:
+        self.processors, self._single = normalize_processors(processors)
+        self.data = data
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+        self.reducer = reducer or accumulate_pair
+        self.manager = manager
+        self.engine, self.workers, self.run_dir = engine, workers, run_dir
+        self.engine_options = dict(engine_options or {})
+        self.options = RunOptions(accumulation_size=accumulation_size, cores=cores, memory=memory,
+                                  time_max=time_max, retries=retries, skip_bad_files=skip_bad_files)
+        self.last_run: Reduction | None = None
+        self.report: dict[str, Any] | None = None
+
+    # hooks the coffea flavour overrides
+    def _datasets(self) -> Mapping[str, Any]:
+        data = self.data
+        if isinstance(data, Mapping) and "datasets" in data and isinstance(data["datasets"], Mapping):
+            data = data["datasets"]
+        if not isinstance(data, Mapping) or not data:
+            raise ValueError("data must be {'datasets': {name: spec}} or {name: spec} with at least one dataset")
+        return data
+
+    def _sources(self) -> tuple[dict[str, Any], dict[str, ChunkSizer]]:
+        if self.preprocess is None:
+            raise ValueError("DynamicDataReduction needs preprocess=...; for coffea filesets use "
+                             "CoffeaDynamicDataReduction")
+        return {name: GenericSource(name, self.preprocess(spec)) for name, spec in self._datasets().items()}, {}
+
+    def _job(self) -> Job:
+        return Job(self.processors, self.postprocess, self.reducer, self.options.cores, coffea=False)
+
+    # ---------------------------------------------------------------- run
+    def _open_manager(self) -> tuple[vinecore.Manager, bool]:
+        if self.manager is not None:
+            return self.manager, False
+        m = vinecore.Manager(engine=self.engine, workers=self.workers, run_dir=self.run_dir,
+                             **self.engine_options)
+        return m, True
+
+    def _start(self, manager: vinecore.Manager, on_event=None) -> Reduction:
+        global _run_counter
+        _run_counter += 1
+        sources, sizers = self._sources()
+        run = Reduction(manager, self._job(), sources, sizers, self.options,
+                        library_name=f"ddr-{os.getpid()}-{_run_counter}", on_event=on_event)
+        self.last_run = run
+        return run
+
+    def compute(self, *, progress: Callable[[list[DatasetProgress]], None] | None = None,
+                progress_interval: float = 0.5) -> dict[str, Any]:
+        """Run to the end; ``{dataset: result}`` (one processor) or ``{processor: {dataset: result}}``."""
+        m, own = self._open_manager()
+        try:
+            run = self._start(m)
+            last = 0.0
+            while not run.step(0.25):
+                if progress is not None and time.monotonic() - last >= progress_interval:
+                    progress(run.progress())
+                    last = time.monotonic()
+            if progress is not None:
+                progress(run.progress())
+            if run.error is not None:
+                raise run.error
+            return self._assemble(run)
+        finally:
+            if own:
+                m.close()
+
+    def submit(self) -> "RunHandle":
+        """Start without blocking; returns a :class:`RunHandle` (works inside Jupyter)."""
+        return RunHandle(self)
+
+    def _assemble(self, run: Reduction) -> dict[str, Any]:
+        self.report = build_report(run)
+        out: dict[str, dict[str, Any]] = {name: {} for name in self.processors}
+        for ds, value in run.results.items():
+            for name, proc in self.processors.items():
+                v = None if value is None else value.get(name)
+                post = getattr(proc, "postprocess", None)
+                if v is not None and callable(post):
+                    r = post(v)
+                    v = v if r is None else r
+                out[name][ds] = v
+        if self._single:
+            return next(iter(out.values()))
+        return out
+
+
+class CoffeaDynamicDataReduction(DynamicDataReduction):
+    """DynamicDataReduction over a coffea fileset with NanoEvents.
+
+    ``fileset`` is a path to a fileset JSON (raw or preprocessed dialect) or the
+    loaded dict. Chunks are cut lazily; entries are counted on the workers
+    where the fileset lacks them; chunk sizes adapt to measured time and
+    memory unless ``chunk_size`` fixes them.
+    """
+
+    def __init__(self, fileset: Any, processors: Any, *, schema: Any = "NanoAOD", chunk_size: int | None = None,
+                 initial_chunk_size: int = 10_000, target_seconds: float = 30.0, max_chunk_size: int = 2_000_000,
+                 uproot_options: Mapping[str, Any] | None = None, mode: str = "virtual",
+                 reducer: Callable[[Any, Any], Any] | None = None, min_split: int = 1, **kwargs: Any) -> None:
+        from ._coffea import NanoEventsOpener
+
+        self.datasets: dict[str, Dataset] = load_fileset(fileset) if not isinstance(fileset, Mapping) or not all(
+            isinstance(v, Dataset) for v in fileset.values()) else dict(fileset)
+        metadata = {name: dict(ds.metadata) for name, ds in self.datasets.items()}
+        opener = NanoEventsOpener(schema, mode=mode, uproot_options=dict(uproot_options or {}), metadata=metadata)
+        super().__init__(self.datasets, processors, postprocess=opener, reducer=reducer, **kwargs)
+        self.options.min_split = min_split
+        self.chunk_size = chunk_size
+        self.sizing = dict(initial=initial_chunk_size, target_seconds=target_seconds, max_size=max_chunk_size)
+        self.skip_ranges: dict[str, dict[str, list[tuple[int, int]]]] = {}
+
+    def _sources(self):
+        sources, sizers = {}, {}
+        for name, ds in self.datasets.items():
+            sizer = ChunkSizer(initial=min(self.sizing["initial"], self.sizing["max_size"]),
+                               target_seconds=self.sizing["target_seconds"], max_size=self.sizing["max_size"],
+                               memory_mb=self.options.memory, fixed=self.chunk_size,
+                               min_size=min(1000, self.chunk_size or 1000))
+            skip = self.skip_ranges.get(name)
+            sources[name] = FilesetSource(ds, sizer, lookahead=self.options.lookahead,
+                                          skip=(lambda path, s=skip: s.get(path, [])) if skip else None)
+            sizers[name] = sizer
+        return sources, sizers
+
+    def _job(self) -> Job:
+        return Job(self.processors, self.postprocess, self.reducer, self.options.cores, coffea=True)
+
+
+def build_report(run: Reduction) -> dict[str, Any]:
+    wall = time.monotonic() - run.started
+    datasets = {}
+    total = 0
+    for ds, led in run.ledgers.items():
+        led.events_expected = run.sources[ds].events_expected
+        rep = led.to_report()
+        datasets[ds] = rep
+        total += rep["events_processed"]
+    return {
+        "datasets": datasets,
+        "wall_time": round(wall, 3),
+        "events_processed": total,
+        "events_per_second": round(total / wall, 1) if wall > 0 else None,
+        "first_result_seconds": None if run.first_result_at is None else round(run.first_result_at - run.started, 3),
+        "complete": all(d["complete"] for d in datasets.values()) and run.error is None,
+        "error": None if run.error is None else f"{type(run.error).__name__}: {run.error}",
+    }
+
+
+class RunHandle:
+    """A reduction running in a background thread.
+
+    ``progress`` (per-dataset snapshots), ``partial()``, ``result(timeout)``,
+    ``cancel()``, ``done()``. The manager is only touched by the background
+    thread; requests from other threads are handed to it.
+    """
+
+    def __init__(self, ddr: DynamicDataReduction) -> None:
+        self._ddr = ddr
+        self._done = threading.Event()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._partial_requests: list[tuple[threading.Event, list]] = []
+        self._progress: list[DatasetProgress] = []
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="ddr-run", daemon=True)
+        self._thread.start()
+
+    @property
+    def progress(self) -> list[DatasetProgress]:
+        with self._lock:
+            return list(self._progress)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self, timeout: float | None = 30) -> None:
+        self._cancel.set()
+        self._done.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the reduction did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def partial(self, timeout: float | None = 60) -> dict[str, tuple[Any, float]]:
+        """Current merged result per dataset with the fraction of its events it covers."""
+        if self._done.is_set():
+            res = self._result
+            if res is None:
+                return {}
+            rep = self._ddr.report or {"datasets": {}}
+            return {ds: (v, 1.0) for ds, v in _by_dataset(res, self._ddr._single).items()}
+        ev, box = threading.Event(), []
+        with self._lock:
+            self._partial_requests.append((ev, box))
+        if not ev.wait(timeout):
+            raise TimeoutError("no partial result within the timeout")
+        return box[0] if box else {}
+
+    def _answer_partials(self, run: Reduction) -> None:
+        with self._lock:
+            reqs, self._partial_requests = self._partial_requests, []
+        if not reqs:
+            return
+        snap = _partial_snapshot(self._ddr, run)
+        for ev, box in reqs:
+            box.append(snap)
+            ev.set()
+
+    def _main(self) -> None:
+        ddr = self._ddr
+        m = None
+        own = False
+        try:
+            m, own = ddr._open_manager()
+            run = ddr._start(m)
+            last = 0.0
+            while True:
+                fin = run.step(0.1)
+                now = time.monotonic()
+                if now - last > 0.2 or fin:
+                    with self._lock:
+                        self._progress = run.progress()
+                    last = now
+                self._answer_partials(run)
+                if fin:
+                    break
+                if self._cancel.is_set():
+                    run.cancel()
+                    break
+            if run.error is not None:
+                self._error = run.error
+            elif not run.cancelled:
+                self._result = ddr._assemble(run)
+            else:
+                ddr.report = build_report(run)
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._error = exc
+        finally:
+            if own and m is not None:
+                m.close()
+            with self._lock:
+                reqs, self._partial_requests = self._partial_requests, []
+            for ev, _ in reqs:
+                ev.set()
+            self._done.set()
+
+
+def _by_dataset(result: Any, single: bool) -> dict[str, Any]:
+    if single:
+        return dict(result)
+    out: dict[str, dict[str, Any]] = {}
+    for proc, per_ds in result.items():
+        for ds, v in per_ds.items():
+            out.setdefault(ds, {})[proc] = v
+    return out
+
+
+def _partial_snapshot(ddr: DynamicDataReduction, run: Reduction) -> dict[str, tuple[Any, float]]:
+    """Merge, on the manager, copies of every partial currently held per dataset."""
+    import functools
+
+    out = {}
+    for ds, led in run.ledgers.items():
+        if ds in run.results:
+            value = run.results[ds]
+            frac = 1.0
+        else:
+            held = list(run.pools[ds]) + [inp for p in run.inflight.values()
+                                          if p.kind == "accum" and p.dataset == ds for inp in p.inputs]
+            parts = [run.m.fetch_value(f) for f, _ in held]
+            events = sum(c.events for _, c in held)
+            value = None
+            if parts:
+                value = {name: functools.reduce(ddr.reducer, [p[name] for p in parts]) for name in ddr.processors}
+            total = run.sources[ds].events_expected
+            frac = (events / total) if total else 0.0
+        if value is not None and ddr._single:
+            value = next(iter(value.values()))
+        out[ds] = (value, frac)
+    return out

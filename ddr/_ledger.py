@@ -1,0 +1,104 @@
+"""Exactly-once accounting: what each partial result covers, per dataset.
+
+Every partial result kept on the workers carries a :class:`Coverage`: the
+number of events and chunks in it and, for file-based work, the merged entry
+ranges per file. Merging two partials merges their coverage and refuses
+overlaps, so an event can never be counted twice without the run noticing.
+The final result's coverage is what the report calls ``events_processed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._planning import Chunk, coverage_gaps, merge_ranges
+
+__all__ = ["Coverage", "DoubleCountError", "DatasetLedger"]
+
+
+class DoubleCountError(RuntimeError):
+    pass
+
+
+@dataclass
+class Coverage:
+    events: int = 0
+    chunks: int = 0
+    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, item: Any, size: int) -> "Coverage":
+        if isinstance(item, Chunk):
+            return cls(size, 1, {item.path: [(item.start, item.stop)]})
+        return cls(size, 1, {})
+
+    def merge(self, other: "Coverage") -> "Coverage":
+        ranges = {k: list(v) for k, v in self.ranges.items()}
+        for path, rs in other.ranges.items():
+            mine = ranges.get(path)
+            if mine is None:
+                ranges[path] = list(rs)
+                continue
+            for a, b in rs:
+                for c, d in mine:
+                    if a < d and c < b:
+                        raise DoubleCountError(
+                            f"entries [{max(a, c)}, {min(b, d)}) of {path} would be counted twice; "
+                            "this is a bug in ddr, please report it with the run directory")
+            ranges[path] = merge_ranges(mine + list(rs))
+        return Coverage(self.events + other.events, self.chunks + other.chunks, ranges)
+
+
+@dataclass
+class DatasetLedger:
+    name: str
+    events_expected: int | None = None
+    events_processed: int = 0  # events in partials that succeeded (still to be merged)
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    chunks_running: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    splits: list[dict[str, Any]] = field(default_factory=list)
+    chunk_sizes: list[int] = field(default_factory=list)
+    files_total: int = 0
+    files_bad: list[dict[str, Any]] = field(default_factory=list)
+    lost_events: int = 0
+    final: Coverage | None = None
+    complete: bool = False
+    error: str | None = None
+
+    def fail_chunk(self, item: Any, size: int, error: str) -> None:
+        self.chunks_failed += 1
+        entry: dict[str, Any] = {"error": error, "events": size}
+        if isinstance(item, Chunk):
+            entry.update(file=item.path, tree=item.tree, start=item.start, stop=item.stop, uuid=item.uuid)
+        else:
+            entry["item"] = repr(item)[:200]
+        self.failed.append(entry)
+
+    def missing_ranges(self, files: dict[str, tuple[str, int]]) -> dict[str, list[tuple[int, int]]]:
+        """Entry ranges of each known file not covered by the final result."""
+        done = self.final.ranges if self.final else {}
+        out = {}
+        for path, (_tree, n) in files.items():
+            gaps = coverage_gaps(n, done.get(path, []))
+            if gaps:
+                out[path] = gaps
+        return out
+
+    def to_report(self) -> dict[str, Any]:
+        sizes = self.chunk_sizes
+        return {
+            "events_expected": self.events_expected,
+            "events_processed": self.final.events if self.final else 0,
+            "complete": self.complete,
+            "chunks_done": self.chunks_done,
+            "chunks_failed": self.chunks_failed,
+            "failed_chunks": self.failed,
+            "bad_files": self.files_bad,
+            "splits": self.splits,
+            "chunk_sizes": {"first": sizes[:20], "last": sizes[-20:], "min": min(sizes, default=None),
+                            "max": max(sizes, default=None), "count": len(sizes)},
+            "error": self.error,
+        }

@@ -1,0 +1,203 @@
+"""The ``ddr`` command: ``ddr run``, ``ddr preprocess``, ``ddr plot``.
+
+Exit status: 0 when every dataset is complete, 1 when the run finished with
+failures or stopped on an error (the report says which), 2 for usage errors
+(missing or malformed input, no processor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from .exceptions import DDRError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddr", description="Dynamic Data Reduction of Coffea processors.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run an analysis over a fileset",
+                       description="Run the processor defined in ANALYSIS.py over the datasets of a coffea fileset.")
+    r.add_argument("analysis", help="Python file defining a ProcessorABC subclass, an instance, or a function of events")
+    r.add_argument("--datasets", required=True, metavar="FILE.json", help="coffea fileset JSON (raw or preprocessed)")
+    r.add_argument("-o", "--output", metavar="OUT.coffea", help="write the result with coffea.util.save")
+    r.add_argument("--processor", metavar="NAME", help="which processor, when the file defines several")
+    r.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
+    r.add_argument("--cores", type=int, default=1, metavar="N", help="cores per chunk task (worker-local dask)")
+    r.add_argument("--chunk-size", type=int, metavar="N", help="fixed events per chunk (default: adaptive)")
+    r.add_argument("--initial-chunk-size", type=int, default=10_000, metavar="N")
+    r.add_argument("--target-seconds", type=float, default=30.0, metavar="S", help="adaptive chunk duration target")
+    r.add_argument("--schema", default="NanoAOD", help="NanoAOD, PHYSLITE or Base")
+    r.add_argument("--memory", type=int, metavar="MB", help="memory allocation per task; over it a chunk is split")
+    r.add_argument("--time-max", type=float, metavar="S", help="wall time limit per task; over it a chunk is split")
+    r.add_argument("--accumulation-size", type=int, default=8, metavar="K", help="partials merged per accumulation task")
+    r.add_argument("--skip-bad-files", action="store_true", help="record unreadable input and go on")
+    r.add_argument("--report", metavar="REPORT.json", help="write the run report")
+    r.add_argument("--run-dir", metavar="DIR", help="keep logs and the transactions log here")
+    r.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
+    r.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address (tcp:// or tls://); implies --engine dask")
+    r.add_argument("--scheduler-file", metavar="FILE", help="dask scheduler file; implies --engine dask")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+
+    pp = sub.add_parser("preprocess", help="count entries on the workers and write coffea's preprocessed fileset")
+    pp.add_argument("fileset", metavar="FILE.json")
+    pp.add_argument("-o", "--output", required=True, metavar="OUT.json")
+    pp.add_argument("--step-size", type=int, default=100_000, metavar="N")
+    pp.add_argument("--workers", type=int, metavar="N")
+    pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
+    pp.add_argument("--skip-bad-files", action="store_true")
+
+    pl = sub.add_parser("plot", help="plot histograms from a ddr output file")
+    pl.add_argument("result", metavar="OUT.coffea")
+    pl.add_argument("--hist", metavar="NAME", help="which histogram (default: all 1D ones)")
+    pl.add_argument("--dataset", metavar="NAME", action="append", help="only these datasets (repeatable)")
+    pl.add_argument("--processor", metavar="NAME")
+    pl.add_argument("--stack", action="store_true", help="stack datasets instead of overlaying them")
+    pl.add_argument("-o", "--output", required=True, metavar="PLOT.png")
+    return p
+
+
+def _err(msg: str) -> None:
+    print(f"ddr: error: {msg}", file=sys.stderr)
+
+
+def _check_inputs(datasets: dict, skip: bool) -> None:
+    missing = []
+    for name, ds in datasets.items():
+        for f in ds.files:
+            if "://" not in f.path and not os.path.exists(f.path):
+                missing.append((name, f.path))
+    if missing and not skip:
+        lines = "\n".join(f"  dataset {n!r}: {p}" for n, p in missing[:20])
+        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise DDRError(f"input file(s) not found:\n{lines}{more}\n"
+                       "  fix the paths in the fileset (relative paths resolve against the JSON's folder), "
+                       "or pass --skip-bad-files to run without them")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ._analysis import load_analysis
+    from ._api import CoffeaDynamicDataReduction
+    from ._datasets import load_fileset
+    from .progress import make_progress
+
+    t_start = time.monotonic()
+    try:
+        datasets = load_fileset(args.datasets)
+        _check_inputs(datasets, args.skip_bad_files)
+        procs = load_analysis(args.analysis, args.processor)
+        from ._coffea import resolve_schema
+
+        resolve_schema(args.schema)
+    except (DDRError, ValueError, OSError) as exc:
+        _err(str(exc))
+        return 2
+    engine, engine_options = args.engine, {}
+    if args.scheduler or args.scheduler_file:
+        engine = "dask"
+        engine_options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file}
+    proc = next(iter(procs.values()))
+    ddr = CoffeaDynamicDataReduction(
+        datasets, proc, schema=args.schema, chunk_size=args.chunk_size, initial_chunk_size=args.initial_chunk_size,
+        target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
+        cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
+        skip_bad_files=args.skip_bad_files, engine_options=engine_options)
+    progress = make_progress(args.quiet)
+    status = 0
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        if progress is not None:
+            with progress:
+                result = ddr.compute(progress=progress)
+        else:
+            result = ddr.compute()
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except DDRError as exc:
+        error = exc
+    report = ddr.report
+    if report is None and ddr.last_run is not None:
+        from ._api import build_report
+
+        report = build_report(ddr.last_run)
+    if report is not None:
+        report["command_seconds"] = round(time.monotonic() - t_start, 3)
+        report["first_result_from_start_seconds"] = (
+            None if ddr.last_run is None or ddr.last_run.first_result_at is None
+            else round(ddr.last_run.first_result_at - t_start, 3))
+        report["analysis"] = os.path.abspath(args.analysis)
+        report["fileset"] = os.path.abspath(args.datasets)
+    if args.report and report is not None:
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+    if error is not None:
+        _err(str(error))
+        return 1
+    if args.output:
+        from coffea.util import save
+
+        save(result, args.output)
+    if report is not None and not report["complete"]:
+        bad = [ds for ds, d in report["datasets"].items() if not d["complete"]]
+        _err(f"incomplete datasets: {', '.join(bad)} (see the report for failed chunks)")
+        status = 1
+    if not args.quiet:
+        _summary(report)
+    return status
+
+
+def _summary(report: dict | None) -> None:
+    if not report:
+        return
+    from .progress import format_rate
+
+    print(f"ddr: {report['events_processed']:,} events in {report['wall_time']:.2f} s "
+          f"({format_rate(report['events_per_second'] or 0)})", file=sys.stderr)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from ._preprocess import preprocess_fileset
+
+    try:
+        out = preprocess_fileset(args.fileset, args.output, step_size=args.step_size, engine=args.engine,
+                                 workers=args.workers, skip_bad_files=args.skip_bad_files)
+    except (DDRError, ValueError, OSError) as exc:
+        _err(str(exc))
+        return 2
+    print(f"ddr: wrote {args.output} ({out['files']} files, {out['events']:,} events, {out['bad']} bad)",
+          file=sys.stderr)
+    return 1 if out["bad"] else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        from .plotting import plot_file
+    except ImportError as exc:
+        _err(str(exc))
+        return 2
+    try:
+        n = plot_file(args.result, args.output, hist=args.hist, datasets=args.dataset, processor=args.processor,
+                      stack=args.stack)
+    except (DDRError, ValueError, KeyError, OSError) as exc:
+        _err(str(exc))
+        return 2
+    print(f"ddr: wrote {args.output} ({n} histogram(s))", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"run": cmd_run, "preprocess": cmd_preprocess, "plot": cmd_plot}[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
