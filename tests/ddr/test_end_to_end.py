@@ -1,0 +1,159 @@
+"""ddr against coffea's own Runner on the shipped real NanoAOD samples."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from coffea import processor
+from coffea.nanoevents import NanoEventsFactory, NanoAODSchema
+from coffea.util import load
+
+from ddr import CoffeaDynamicDataReduction, load_fileset
+from ddr._analysis import load_analysis
+from tests.conftest import ANALYSES, DATASETS
+
+pytestmark = pytest.mark.slow
+
+
+def coffea_reference(fileset_json, proc):
+    datasets = load_fileset(fileset_json)
+    fileset = {name: {"files": {f.path: f.tree for f in ds.files},
+                      "metadata": {k: v for k, v in ds.metadata.items() if k != "dataset"}}
+               for name, ds in datasets.items()}
+    runner = processor.Runner(executor=processor.IterativeExecutor(), schema=NanoAODSchema, chunksize=300)
+    return runner(fileset, proc)
+
+
+def per_dataset(hist, dataset):
+    """Bin contents of one dataset; an unfilled category counts as all zeros."""
+    if dataset not in list(hist.axes["dataset"]):
+        return np.zeros(hist.axes[1].extent)
+    return hist[{"dataset": dataset}].values(flow=True)
+
+
+def assert_same_hists(ours, ref, datasets):
+    for key in ("mass", "met_q5"):
+        for ds in datasets:
+            mine = ours[ds][key]
+            assert set(mine.axes["dataset"]) <= {ds}  # each dataset's result holds only itself
+            np.testing.assert_array_equal(per_dataset(mine, ds), per_dataset(ref[key], ds), err_msg=f"{key} {ds}")
+
+
+def test_cli_run_matches_coffea_runner(tmp_path):
+    out, rep = tmp_path / "out.coffea", tmp_path / "r.json"
+    fileset = DATASETS / "samples.json"
+    cmd = [sys.executable, "-m", "ddr.cli", "run", str(ANALYSES / "dimuon.py"), "--datasets", str(fileset),
+           "-o", str(out), "--report", str(rep), "--workers", "2", "--chunk-size", "150", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ours = load(out)
+    report = json.loads(rep.read_text())
+    ref = coffea_reference(fileset, next(iter(load_analysis(ANALYSES / "dimuon.py").values())))
+    datasets = sorted(load_fileset(fileset))
+    assert sorted(ours) == datasets
+    assert_same_hists(ours, ref, datasets)
+    for ds in datasets:
+        for step in ("all", "two_muons", "q5"):
+            assert ours[ds]["cutflow"][f"{ds}/{step}"] == ref["cutflow"][f"{ds}/{step}"]
+    expected = {name: ds.num_entries for name, ds in load_fileset(
+        {n: {"files": {f.path: f.tree for f in d.files}} for n, d in load_fileset(fileset).items()}).items()}
+    for ds, d in report["datasets"].items():
+        n = ours[ds]["cutflow"][f"{ds}/all"]
+        assert d["events_processed"] == d["events_expected"] == n, (ds, d)
+        assert d["complete"] and d["chunks_failed"] == 0
+    assert report["complete"] and report["events_processed"] == sum(
+        ours[ds]["cutflow"][f"{ds}/all"] for ds in datasets)
+    assert expected  # every dataset had a known size
+
+
+def dimuon():
+    return next(iter(load_analysis(ANALYSES / "dimuon.py").values()))
+
+
+@pytest.mark.parametrize("chunk,accum", [(37, 2), (500, 3), (None, 8)])
+def test_result_independent_of_chunking_and_completion_order(chunk, accum):
+    fileset = DATASETS / "samples.json"
+    base = CoffeaDynamicDataReduction(fileset, dimuon(), engine="sync", chunk_size=1000).compute()
+    other = CoffeaDynamicDataReduction(fileset, dimuon(), engine="local", workers=2, chunk_size=chunk,
+                                       initial_chunk_size=50, accumulation_size=accum).compute()
+    for ds in base:
+        for key in ("mass", "met_q5"):
+            np.testing.assert_array_equal(base[ds][key].values(flow=True), other[ds][key].values(flow=True))
+        assert base[ds]["cutflow"] == other[ds]["cutflow"]
+
+
+def test_preprocessed_and_list_dialects_agree():
+    raw = CoffeaDynamicDataReduction(DATASETS / "samples.json", dimuon(), engine="sync").compute()
+    pre = CoffeaDynamicDataReduction(DATASETS / "samples_preprocessed.json", dimuon(), engine="sync")
+    got = pre.compute()
+    rep = pre.report
+    assert rep["datasets"]["EGamma2022"]["chunks_done"] == 3  # the steps are honoured
+    lst = CoffeaDynamicDataReduction(DATASETS / "samples_list.json", dimuon(), engine="sync").compute()
+    for ds in got:
+        np.testing.assert_array_equal(got[ds]["mass"].values(), raw[ds]["mass"].values())
+    for ds in lst:
+        np.testing.assert_array_equal(lst[ds]["mass"].values(), raw[ds]["mass"].values())
+
+
+class CountMuons(processor.ProcessorABC):
+    def process(self, events):
+        import awkward as ak
+
+        return {"muons": int(ak.sum(ak.num(events.Muon))), "events": len(events)}
+
+    def postprocess(self, acc):
+        acc["mean"] = acc["muons"] / acc["events"] if acc["events"] else 0.0
+        return acc
+
+
+def test_several_processors_and_postprocess():
+    out = CoffeaDynamicDataReduction(DATASETS / "samples.json", {"dimuon": dimuon(), "count": CountMuons()},
+                                     engine="sync", chunk_size=400).compute()
+    assert set(out) == {"dimuon", "count"}
+    for ds, v in out["count"].items():
+        assert v["events"] == out["dimuon"][ds]["cutflow"][f"{ds}/all"]
+        assert v["mean"] == pytest.approx(v["muons"] / v["events"])
+    direct = NanoEventsFactory.from_root({str(DATASETS / "samples/nano_dimuon.root"): "Events"},
+                                         schemaclass=NanoAODSchema, mode="eager").events()
+    import awkward as ak
+
+    assert out["count"]["DoubleMuon2018"]["muons"] == int(ak.sum(ak.num(direct.Muon)))
+
+
+def test_schema_choice_physlite():
+    def count_electrons(events):
+        import awkward as ak
+
+        return {"electrons": int(ak.sum(ak.num(events.Electrons))), "n": len(events),
+                "dataset": {events.metadata["dataset"]}}
+
+    out = CoffeaDynamicDataReduction(DATASETS / "physlite.json", count_electrons, schema="PHYSLITE",
+                                     engine="sync").compute()
+    assert out["PHYSLITE"]["n"] == 100 and out["PHYSLITE"]["dataset"] == {"PHYSLITE"}
+    assert out["PHYSLITE"]["electrons"] > 0
+
+
+def test_processor_returning_dask_collection():
+    def lazy(events):
+        import dask.array as da
+        import numpy as np
+
+        x = da.from_array(np.asarray(events.MET.pt), chunks=7)
+        return {"met_sum": x.sum(), "n": da.from_array(np.ones(len(events)), chunks=5).sum()}
+
+    out = CoffeaDynamicDataReduction(DATASETS / "samples_list.json", lazy, engine="sync", chunk_size=15).compute()
+    direct = NanoEventsFactory.from_root({str(DATASETS / "samples/nano_dy.root"): "Events"},
+                                         schemaclass=NanoAODSchema, mode="eager").events()
+    assert out["DYJetsToLL"]["n"] == 40
+    assert out["DYJetsToLL"]["met_sum"] == pytest.approx(float(np.sum(direct.MET.pt)))
+
+
+def test_worker_local_dask_split_over_cores_gives_same_result():
+    one = CoffeaDynamicDataReduction(DATASETS / "samples.json", dimuon(), engine="sync", chunk_size=1000).compute()
+    two = CoffeaDynamicDataReduction(DATASETS / "samples.json", dimuon(), engine="sync", chunk_size=1000,
+                                     cores=2, engine_options={"cores_per_worker": 2}).compute()
+    for ds in one:
+        np.testing.assert_array_equal(one[ds]["mass"].values(), two[ds]["mass"].values())
+        assert one[ds]["cutflow"] == two[ds]["cutflow"]
