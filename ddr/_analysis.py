@@ -88,8 +88,9 @@ def load_analysis(path: str | os.PathLike, name: str | None = None) -> dict[str,
             if inspect.isclass(obj) and any(isinstance(o, obj) for o in found.values() if not inspect.isclass(o)):
                 del found[attr]
     if not found:
-        defined = sorted(a for a, o in vars(module).items()
-                         if not a.startswith("_") and getattr(o, "__module__", None) == modname)
+        defined = sorted(f"{a} ({type(o).__name__})" for a, o in vars(module).items()
+                         if not a.startswith("_") and not inspect.ismodule(o)
+                         and getattr(o, "__module__", modname) == modname)
         raise AnalysisError(
             f"{path} defines no processor.\n"
             f"  found: {', '.join(defined) or 'nothing at module level'}\n"

@@ -112,13 +112,13 @@ class FilesetSource(_Requeue):
         self._counting = 0
         self._chunks: Iterator[Chunk] | None = None
         self._skip = skip
-        self.known_entries = 0
+        self.known_entries = sum(f.num_entries for f in dataset.files if f.num_entries is not None)
         self.unknown_files = sum(1 for f in dataset.files if f.num_entries is None)
         self.failed_files: list[FileSpec] = []
 
     @property
     def events_expected(self) -> int | None:
-        return None if self.unknown_files else self.known_entries + 0
+        return None if self.unknown_files else self.known_entries
 
     @property
     def exhausted(self) -> bool:
@@ -155,7 +155,6 @@ class FilesetSource(_Requeue):
                 if f.num_entries is None:
                     self._counting += 1
                     return CountRequest(self.dataset.name, f)
-                self.known_entries += f.num_entries
                 self._counted.append(f)
                 continue
             return None
