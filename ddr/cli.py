@@ -1,4 +1,4 @@
-"""The ``ddr`` command: ``ddr run``, ``ddr preprocess``, ``ddr plot``.
+"""The ``ddr`` command: ``ddr run`` and ``ddr preprocess``.
 
 Exit status: 0 when every dataset is complete, 1 when the run finished with
 failures or stopped on an error (the report says which), 2 for usage errors
@@ -54,13 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     pp.add_argument("--skip-bad-files", action="store_true")
 
-    pl = sub.add_parser("plot", help="plot histograms from a ddr output file")
-    pl.add_argument("result", metavar="OUT.coffea")
-    pl.add_argument("--hist", metavar="NAME", help="which histogram (default: all 1D ones)")
-    pl.add_argument("--dataset", metavar="NAME", action="append", help="only these datasets (repeatable)")
-    pl.add_argument("--processor", metavar="NAME")
-    pl.add_argument("--stack", action="store_true", help="stack datasets instead of overlaying them")
-    pl.add_argument("-o", "--output", required=True, metavar="PLOT.png")
     return p
 
 
@@ -178,25 +171,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 1 if out["bad"] else 0
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
-    try:
-        from .plotting import plot_file
-    except ImportError as exc:
-        _err(str(exc))
-        return 2
-    try:
-        n = plot_file(args.result, args.output, hist=args.hist, datasets=args.dataset, processor=args.processor,
-                      stack=args.stack)
-    except (DDRError, ValueError, KeyError, OSError) as exc:
-        _err(str(exc))
-        return 2
-    print(f"ddr: wrote {args.output} ({n} histogram(s))", file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "preprocess": cmd_preprocess, "plot": cmd_plot}[args.command](args)
+    return {"run": cmd_run, "preprocess": cmd_preprocess}[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,3 +71,21 @@ def test_schema_rejected_file_named_and_skippable(tmp_path):
 def test_unknown_schema():
     r = ddr("run", ANALYSES / "dimuon.py", "--datasets", DATASETS / "samples.json", "--schema", "Nano", "--quiet")
     assert r.returncode == 2 and "unknown schema" in r.stderr and "PHYSLITE" in r.stderr
+
+
+def test_preprocess_writes_coffea_dialect_that_run_accepts(tmp_path):
+    out = tmp_path / "pre.json"
+    r = ddr("preprocess", DATASETS / "samples.json", "-o", out, "--step-size", "300", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    entry = data["EGamma2022"]["files"]
+    (path, spec), = entry.items()
+    assert spec["num_entries"] == 1000 and spec["steps"] == [[0, 300], [300, 600], [600, 900], [900, 1000]]
+    assert spec["object_path"] == "Events" and len(spec["uuid"]) == 36
+    from coffea.dataset_tools import max_chunks  # coffea itself accepts the dialect
+
+    assert max_chunks({"EGamma2022": {"files": {path: spec}}}, 2)["EGamma2022"]["files"][path]["steps"] == [[0, 300], [300, 600]]
+    rep = tmp_path / "r.json"
+    r = ddr("run", ANALYSES / "dimuon.py", "--datasets", out, "--quiet", "--workers", "1", "--report", rep)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(rep.read_text())["datasets"]["EGamma2022"]["chunks_done"] == 4
