@@ -157,3 +157,18 @@ def test_worker_local_dask_split_over_cores_gives_same_result():
     for ds in one:
         np.testing.assert_array_equal(one[ds]["mass"].values(), two[ds]["mass"].values())
         assert one[ds]["cutflow"] == two[ds]["cutflow"]
+
+
+@pytest.mark.parametrize("analysis,hists", [("jets.py", ["q2_jet_pt", "q3_jet_pt_central", "q4_met"]),
+                                            ("electrons.py", ["mass", "lead_pt", "lead_eta"])])
+def test_other_analyses_match_coffea_runner(analysis, hists):
+    proc = next(iter(load_analysis(ANALYSES / analysis).values()))
+    fileset = DATASETS / "samples.json"
+    ours = CoffeaDynamicDataReduction(fileset, proc, engine="sync", chunk_size=250).compute()
+    ref = coffea_reference(fileset, proc)
+    for ds in ours:
+        for key in hists:
+            np.testing.assert_array_equal(per_dataset(ours[ds][key], ds), per_dataset(ref[key], ds), err_msg=f"{key} {ds}")
+        for k, v in ours[ds]["cutflow"].items():
+            assert ref["cutflow"][k] == v
+    assert ours["EGamma2022"]["cutflow"]["EGamma2022/opposite_sign"] > 800  # a real Z -> ee sample
