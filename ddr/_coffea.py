@@ -1,201 +1,440 @@
-"""Worker-side coffea integration: open chunks as NanoEvents and run processors.
+"""Worker side for coffea: chunks -> NanoEvents -> processor outputs.
 
-:class:`NanoEventsOpener` lives in a worker's library context for the whole
-run, so its LRU of open ROOT files survives from chunk to chunk: opening a
-2000-branch NanoAOD file costs 0.5 to 1.5 s, more than processing a chunk.
+A :class:`NanoEventsOpener` is pickled to each worker once and kept for the
+whole run, so its caches persist from chunk to chunk:
+
+* an LRU of open uproot files (``max_open_files``): opening a NanoAOD file
+  and reading its TTree metadata (about 0.4 s for 2000 branches) happens once
+  per file and worker, not once per chunk;
+* per (file, tree), the schema built from the tree's base form: coffea's
+  ``NanoEventsFactory.from_root`` rebuilds it on every call even when given
+  an open file (``known_base_form`` only helps ``mode="dask"``), which costs
+  another 0.1 to 0.2 s per chunk. The opener builds it once and makes each
+  chunk's events from it with the chunk's entry range and metadata. Schemas
+  that need podio metadata (EDM4HEP) go through ``from_root`` with the open
+  file instead.
+* ``freeze_gc``: an open 2000-branch file and its schema are a few hundred
+  thousand long-lived Python objects, and every full garbage collection scans
+  them again (pauses of 0.1 to 0.5 s, measured). After building a file's
+  schema the opener collects once and moves the live objects out of the
+  collector's sight (``gc.freeze``); the next new file first unfreezes, so
+  closed files are still reclaimed.
+
+Errors met while opening or reading input become
+:class:`~ddr.exceptions.BadInputError` (with dataset, file, tree, entry
+range, cause, and whether retrying can help: :func:`classify_error`).
+Errors raised by the processor itself propagate unchanged; the driver wraps
+them. A read error that surfaces inside the processor (virtual arrays load
+lazily) is told apart by its traceback, which passes through coffea's column
+mapping.
 """
 
 from __future__ import annotations
 
-import os
+import copy
+import gc
+import threading
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from ._planning import Chunk
-from ._reducers import accumulate_pair
-from .exceptions import BadInputError, TreeNotFound, nearest
+from ._reducers import accumulate_pair, reduce_all
+from .exceptions import BadInputError, TreeNotFound, classify_input_error, format_names, nearest
 
-__all__ = ["SCHEMAS", "resolve_schema", "NanoEventsOpener", "count_entries", "run_processor", "process_chunk",
-           "classify_error"]
+__all__ = ["SCHEMAS", "resolve_schema", "NanoEventsOpener", "OpenerStatistics", "count_entries", "run_processor",
+           "process_chunk", "classify_error"]
 
-SCHEMAS = ("NanoAOD", "PHYSLITE", "Base")
-
-
-def resolve_schema(schema: Any) -> type:
-    if not isinstance(schema, str):
-        return schema
-    from coffea import nanoevents
-
-    table = {"NanoAOD": nanoevents.NanoAODSchema, "PHYSLITE": nanoevents.PHYSLITESchema,
-             "Base": nanoevents.BaseSchema}
-    for key, cls in table.items():
-        if schema.lower() in (key.lower(), key.lower() + "schema"):
-            return cls
-    raise ValueError(f"unknown schema {schema!r}; choose one of {', '.join(SCHEMAS)}")
+# name -> class name in coffea.nanoevents, imported on first use
+SCHEMAS: dict[str, str] = {
+    "NanoAOD": "NanoAODSchema", "PHYSLITE": "PHYSLITESchema", "Base": "BaseSchema",
+    "PFNanoAOD": "PFNanoAODSchema", "ScoutingNanoAOD": "ScoutingNanoAODSchema",
+    "TreeMaker": "TreeMakerSchema", "Delphes": "DelphesSchema",
+}
+_MODES = ("virtual", "eager")
 
 
-_TRANSIENT = ("operation expired", "timed out", "timeout", "connection reset", "temporarily unavailable",
-              "server responded with an error: [3", "socket")
+def resolve_schema(name_or_class: Any) -> Any:
+    """A coffea schema class from its name (``"NanoAOD"``, ``"nanoaodschema"``...) or the class itself."""
+    if not isinstance(name_or_class, str):
+        if callable(name_or_class):
+            return name_or_class
+        raise TypeError(f"schema must be a name ({', '.join(SCHEMAS)}) or a coffea schema class, "
+                        f"got {name_or_class!r}")
+    wanted = name_or_class.lower().removesuffix("schema")
+    for name, cls_name in SCHEMAS.items():
+        if wanted == name.lower():
+            from coffea import nanoevents
+
+            return getattr(nanoevents, cls_name)
+    raise ValueError(f"unknown schema {name_or_class!r}; valid names (nearest first): "
+                     f"{format_names(nearest(name_or_class, SCHEMAS))}, or pass a coffea schema class "
+                     "such as coffea.nanoevents.NanoAODSchema")
 
 
-def classify_error(exc: BaseException) -> tuple[bool, str]:
-    """(permanent?, description) of an error met while reading input."""
-    text = f"{type(exc).__name__}: {exc}"
-    low = text.lower()
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
-        return True, text
-    if isinstance(exc, (TimeoutError, ConnectionError)) or any(s in low for s in _TRANSIENT):
-        return False, text
-    return True, text
+# ------------------------------------------------------------------ errors
+classify_error = classify_input_error  # (permanent?, description) of an input error; see ddr.exceptions
 
 
-def _open_file(path: str, options: Mapping[str, Any]):
-    import uproot
-
-    return uproot.open(path, **options)
-
-
-def _open_tree(path: str, tree: str, options: Mapping[str, Any], dataset: str | None, start=None, stop=None):
-    try:
-        f = _open_file(path, options)
-    except Exception as exc:
-        permanent, desc = classify_error(exc)
-        if isinstance(exc, FileNotFoundError):
-            desc = f"no such file: {path}"
-        elif permanent and not isinstance(exc, OSError):
-            desc = f"not a readable ROOT file (truncated or corrupt?): {desc}"
-        raise BadInputError(dataset, path, tree, start, stop, desc, permanent) from None
-    try:
-        t = f[tree]
-    except Exception:
-        keys = sorted({k.split(";")[0] for k in f.keys(recursive=False)})
-        raise TreeNotFound(dataset, path, tree, start, stop,
-                           f"no tree {tree!r} in the file; it has: {', '.join(nearest(tree, keys)) or 'no keys'}",
-                           True, hint=f"set the tree (object_path) in the fileset to one of: {', '.join(keys)}") from None
-    return f, t
+def _cause(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:400] + ' ...' if len(text) > 400 else text}"
 
 
-def count_entries(path: str, tree: str, uproot_options: Mapping[str, Any] | None = None) -> tuple[int, str]:
-    f, t = _open_tree(path, tree, uproot_options or {}, None)
-    try:
-        return int(t.num_entries), str(f.file.uuid)
-    finally:
-        f.close()
+def _bad_input(exc: BaseException, dataset: str | None, path: str, tree: str | None, start: int | None,
+               stop: int | None, doing: str) -> BadInputError:
+    if isinstance(exc, BadInputError):
+        return exc
+    permanent, desc = classify_error(exc)
+    return BadInputError(dataset, path, tree, start, stop, _cause(exc), permanent, what=f"{doing}: {desc}")
 
 
-class NanoEventsOpener:
-    """``chunk -> NanoEvents``, keeping up to ``max_open_files`` files open."""
-
-    def __init__(self, schema: Any = "NanoAOD", *, mode: str = "virtual", uproot_options: Mapping[str, Any] | None = None,
-                 max_open_files: int = 16, metadata: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        resolve_schema(schema)
-        self.schema = schema
-        self.mode = mode
-        self.uproot_options = dict(uproot_options or {})
-        self.max_open_files = max_open_files
-        self.metadata = {k: dict(v) for k, v in (metadata or {}).items()}
-        self.opens = 0
-        self._files: OrderedDict[str, Any] = OrderedDict()
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_files"] = OrderedDict()
-        return state
-
-    def open_file(self, path: str, tree: str, dataset: str | None, start=None, stop=None):
-        f = self._files.get(path)
-        if f is not None:
-            self._files.move_to_end(path)
-            return f
-        f, _ = _open_tree(path, tree, self.uproot_options, dataset, start, stop)
-        self.opens += 1
-        self._files[path] = f
-        while len(self._files) > self.max_open_files:
-            _, old = self._files.popitem(last=False)
-            old.close()
-        return f
-
-    def warm_paths(self) -> list[str]:
-        return list(self._files)
-
-    def __call__(self, chunk: Chunk):
-        from coffea.nanoevents import NanoEventsFactory
-
-        f = self.open_file(chunk.path, chunk.tree, chunk.dataset, chunk.start, chunk.stop)
-        meta = dict(self.metadata.get(chunk.dataset, {}))
-        meta.update(dataset=chunk.dataset, filename=chunk.path, treename=chunk.tree, entrystart=chunk.start,
-                    entrystop=chunk.stop, fileuuid=str(f.file.uuid))
-        try:
-            events = NanoEventsFactory.from_root(
-                f, treepath=chunk.tree, mode=self.mode, entry_start=chunk.start, entry_stop=chunk.stop,
-                schemaclass=resolve_schema(self.schema), metadata=meta,
-                uproot_options=self.uproot_options).events()
-        except Exception as exc:
-            self._files.pop(chunk.path, None)
-            permanent, desc = classify_error(exc)
-            if "event ID" in str(exc) or "schema" in str(exc).lower():
-                desc = f"the {self.schema} schema rejected the file: {desc}"
-            raise BadInputError(chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop, desc,
-                                permanent) from None
-        if len(events) != chunk.size:
-            raise BadInputError(chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop,
-                                f"expected {chunk.size} entries, the file gave {len(events)}; "
-                                "the fileset's num_entries or steps do not match the file", True)
-        return events
-
-
-def _has_dask(obj: Any) -> bool:
-    if hasattr(obj, "__dask_graph__"):
-        return True
-    if isinstance(obj, dict):
-        return any(_has_dask(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_dask(v) for v in obj)
+def _is_read_error(exc: BaseException) -> bool:
+    """Did ``exc`` come from loading a column of the events (coffea's mapping -> uproot)?"""
+    tb = exc.__traceback__
+    while tb is not None:
+        if "/coffea/nanoevents/mapping/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
     return False
 
 
-def _materialize(obj: Any) -> Any:
+# ------------------------------------------------------------ opening files
+def _open(path: str, options: Mapping[str, Any]) -> Any:
+    import uproot
+
+    return uproot.open({path: None}, **options)  # dict form: a ':' in the path is not an object path
+
+
+def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int | None, stop: int | None) -> Any:
+    import uproot
+
     try:
-        import awkward as ak
-    except ImportError:  # pragma: no cover
-        return obj
-    if isinstance(obj, ak.Array):
-        return ak.materialize(obj) if hasattr(ak, "materialize") else obj
-    if isinstance(obj, dict):
-        return {k: _materialize(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_materialize(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_materialize(v) for v in obj)
+        obj = file[tree]
+    except uproot.KeyInFileError:
+        try:
+            keys = file.keys(recursive=True, cycle=False)
+        except Exception:  # noqa: BLE001 - a listing is a courtesy
+            keys = []
+        raise TreeNotFound(dataset, path, tree, keys, start=start, stop=stop) from None
+    except Exception as exc:
+        raise _bad_input(exc, dataset, path, tree, start, stop, "cannot read the tree") from exc
+    if not hasattr(obj, "num_entries"):
+        raise BadInputError(dataset, path, tree, start, stop, f"TypeError: {tree!r} is a {obj.classname}",
+                            True, what=f"{tree!r} is not a TTree",
+                            hint="set the tree in the fileset to a TTree of the file")
     return obj
 
 
-def run_processor(processor: Any, events: Any) -> Any:
-    out = processor.process(events) if hasattr(processor, "process") else processor(events)
-    if _has_dask(out):
+def count_entries(path: str, tree: str, uproot_options: Mapping[str, Any] | None = None) -> tuple[int, str]:
+    """``(num_entries, uuid)`` of ``tree`` in ``path``; BadInputError or TreeNotFound if unreadable."""
+    try:
+        file = _open(path, uproot_options or {})
+    except Exception as exc:
+        raise _bad_input(exc, None, path, tree, None, None, "cannot open file") from exc
+    try:
+        return int(_get_tree(file, path, tree, None, None, None).num_entries), str(file.file.uuid)
+    finally:
+        file.close()
+
+
+@dataclass(frozen=True)
+class OpenerStatistics:
+    opens: int  # files opened (uproot.open calls)
+    schemas_built: int  # (file, tree) base forms and schemas built
+    chunks: int  # events built
+    open_files: int
+
+
+class _Tree:
+    """An open tree, its file (uproot ReadOnlyDirectory) and, once built, its schema."""
+
+    def __init__(self, tree: Any, directory: Any) -> None:
+        self.tree, self.directory = tree, directory
+        self.schema: Any = None
+
+
+class NanoEventsOpener:
+    """``chunk -> NanoEvents``, keeping files open and schemas built across chunks.
+
+    ``metadata`` maps dataset names to user metadata; ``events.metadata`` holds
+    it plus ``dataset``, ``filename``, ``treename``, ``entrystart``,
+    ``entrystop`` and ``fileuuid`` (as coffea's Runner sets them).
+    Thread-safe: ``process_chunk`` uses it from several threads.
+    """
+
+    def __init__(self, schema: Any = "NanoAOD", *, mode: str = "virtual",
+                 uproot_options: Mapping[str, Any] | None = None, max_open_files: int = 16,
+                 metadata: Mapping[str, Mapping[str, Any]] | None = None, freeze_gc: bool = True) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode {mode!r} is not supported; use one of {', '.join(_MODES)} (ddr already "
+                             "parallelises over chunks, so NanoEvents' dask mode is not needed)")
+        if max_open_files < 1:
+            raise ValueError(f"max_open_files must be at least 1, got {max_open_files}")
+        resolve_schema(schema)  # fail early, on the manager
+        self.schema, self.mode, self.max_open_files, self.freeze_gc = schema, mode, max_open_files, freeze_gc
+        self.uproot_options = dict(uproot_options or {})
+        self.metadata = {name: dict(meta) for name, meta in (metadata or {}).items()}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._files: OrderedDict[str, tuple[Any, dict[str, _Tree]]] = OrderedDict()
+        self._lock = threading.RLock()
+        self.opens = self.schemas_built = self.chunks = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()
+                if k in ("schema", "mode", "max_open_files", "uproot_options", "metadata", "freeze_gc")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def statistics(self) -> OpenerStatistics:
+        return OpenerStatistics(self.opens, self.schemas_built, self.chunks, len(self._files))
+
+    def warm_paths(self) -> list[str]:
+        """Paths of the files currently open, most recently used first."""
+        with self._lock:
+            return list(reversed(self._files))
+
+    def close(self) -> None:
+        with self._lock:
+            while self._files:
+                self._evict(next(iter(self._files)))
+        if self.freeze_gc:
+            gc.unfreeze()
+
+    def _evict(self, path: str) -> None:
+        entry = self._files.pop(path, None)
+        if entry is not None:
+            entry[0].close()
+
+    def open_tree(self, path: str, tree: str, *, dataset: str | None = None, start: int | None = None,
+                  stop: int | None = None) -> Any:
+        """The uproot TTree, from the cache when the file is open already."""
+        return self._tree(path, tree, dataset, start, stop).tree
+
+    def _tree(self, path: str, tree: str, dataset: str | None, start: int | None, stop: int | None) -> _Tree:
+        with self._lock:
+            entry = self._files.get(path)
+            if entry is None:
+                try:
+                    file = _open(path, self.uproot_options)
+                except Exception as exc:
+                    raise _bad_input(exc, dataset, path, tree, start, stop, "cannot open file") from exc
+                self.opens += 1
+                entry = self._files[path] = (file, {})
+                while len(self._files) > self.max_open_files:
+                    self._evict(next(iter(self._files)))
+            self._files.move_to_end(path)
+            file, trees = entry
+            if tree not in trees:
+                trees[tree] = _Tree(_get_tree(file, path, tree, dataset, start, stop), file)
+            return trees[tree]
+
+    def __call__(self, chunk: Chunk) -> Any:
+        where = (chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop)
+        t = self._tree(chunk.path, chunk.tree, chunk.dataset, chunk.start, chunk.stop)
+        try:
+            return self._events(t, chunk)
+        except BadInputError:
+            raise
+        except Exception as exc:
+            with self._lock:
+                self._evict(chunk.path)  # a handle that failed is not reused
+            raise _bad_input(exc, *where, "cannot build the events") from exc
+
+    def _events(self, t: _Tree, chunk: Chunk) -> Any:
+        from coffea.nanoevents import NanoEventsFactory
+
+        tree = t.tree
+        uuid = str(tree.file.uuid)
+        if chunk.uuid is not None and chunk.uuid != uuid:
+            raise BadInputError(chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop,
+                                f"ValueError: uuid {uuid} differs from {chunk.uuid} in the fileset", True,
+                                what="the file changed since the fileset was preprocessed",
+                                hint="run `ddr preprocess` again, or remove the uuid from the fileset")
+        if chunk.stop > tree.num_entries:
+            raise BadInputError(chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop,
+                                f"IndexError: the tree has {tree.num_entries} entries", True,
+                                what="entry range beyond the end of the tree",
+                                hint="the fileset's num_entries or steps do not match the file; run "
+                                     "`ddr preprocess` again")
+        meta = dict(self.metadata.get(chunk.dataset, {}))
+        meta.update(dataset=chunk.dataset, filename=chunk.path, treename=chunk.tree, entrystart=chunk.start,
+                    entrystop=chunk.stop, fileuuid=uuid)
+        schemaclass = resolve_schema(self.schema)
+        with self._lock:
+            self.chunks += 1
+        if not _fast_path(schemaclass):
+            return NanoEventsFactory.from_root(
+                t.directory, treepath=chunk.tree, mode=self.mode, entry_start=chunk.start, entry_stop=chunk.stop,
+                schemaclass=schemaclass, metadata=meta, uproot_options=self.uproot_options).events()
+        with self._lock:  # threads of one chunk wait for the first to build it
+            if t.schema is None:
+                t.schema = self._build_schema(tree, schemaclass, chunk)
+        return _events_from_schema(t, chunk, meta, self.mode, self.uproot_options)
+
+    def _build_schema(self, tree: Any, schemaclass: Any, chunk: Chunk) -> Any:
+        from coffea.nanoevents.mapping.uproot import UprootSourceMapping
+
+        base_form = UprootSourceMapping._extract_base_form(tree)
+        base_form["typenames"] = tree.typenames()
+        try:
+            schema = schemaclass(base_form)
+        except Exception as exc:
+            name = getattr(schemaclass, "__name__", str(schemaclass)).removesuffix("Schema")
+            raise BadInputError(chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop, _cause(exc), True,
+                                what=f"the {name} schema rejected the file",
+                                hint="choose the schema that matches the file (--schema), fix the file, or use "
+                                     "--skip-bad-files to continue without it") from exc
+        self.schemas_built += 1
+        if self.freeze_gc:
+            gc.unfreeze()  # let what earlier freezes kept (closed files) be collected now
+            gc.collect()
+            gc.freeze()
+        return schema
+
+
+def _fast_path(schemaclass: Any) -> bool:
+    try:
+        from coffea.nanoevents.factory import _reads_podio_metadata
+    except ImportError:  # pragma: no cover - coffea changed its internals: use the public path
+        return False
+    return not _reads_podio_metadata(schemaclass)
+
+
+def _events_from_schema(t: _Tree, chunk: Chunk, meta: dict[str, Any], mode: str,
+                        uproot_options: Mapping[str, Any]) -> Any:
+    """Events of one entry range from a schema built once (what ``from_root`` does, minus the rebuild)."""
+    from coffea.nanoevents import NanoEventsFactory
+    from coffea.nanoevents.mapping.uproot import TrivialUprootOpener, UprootSourceMapping
+    from coffea.nanoevents.util import tuple_to_key
+
+    tree, schema = t.tree, t.schema
+    uuid = str(tree.file.uuid)
+    mapping = UprootSourceMapping(TrivialUprootOpener({uuid: tree.file.file_path}, dict(uproot_options)),
+                                  chunk.start, chunk.stop, cache={}, file_handle=t.directory, use_ak_forth=True,
+                                  virtual=mode == "virtual")
+    mapping.preload_column_source(uuid, tree.object_path, tree)
+    form = schema.form
+    params = dict(form["parameters"])
+    params["metadata"] = {**meta, **(params.get("metadata") or {})}  # the schema's keys win, as in coffea
+    chunk_schema = copy.copy(schema)
+    chunk_schema._form = {**form, "parameters": params}
+    key = tuple_to_key((uuid, tree.object_path, f"{chunk.start}-{chunk.stop}"))
+    return NanoEventsFactory(chunk_schema, mapping, key, mode=mode).events()
+
+
+# ------------------------------------------------------------- processors
+def _map_leaves(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """``obj`` with ``fn`` applied to every leaf of nested mappings, lists and tuples; copies only what changes."""
+    if isinstance(obj, Mapping):
+        new = {k: _map_leaves(v, fn) for k, v in obj.items()}
+        if all(new[k] is obj[k] for k in new):
+            return obj
+        if isinstance(obj, MutableMapping):
+            out = copy.copy(obj)
+            for k, v in new.items():
+                out[k] = v
+            return out
+        return new
+    if isinstance(obj, (list, tuple)):
+        items = [_map_leaves(v, fn) for v in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        if isinstance(obj, list):
+            return type(obj)(items) if type(obj) is not list else items
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return fn(obj)
+
+
+def _is_dask(obj: Any) -> bool:
+    # looked up on the type: an awkward array's __getattr__ would search its fields
+    return not isinstance(obj, type) and callable(getattr(type(obj), "__dask_graph__", None))
+
+
+def _materialize(obj: Any) -> Any:
+    import awkward as ak
+
+    if not hasattr(ak, "materialize"):  # pragma: no cover - awkward < 2.8 has no virtual arrays
+        return obj
+    if isinstance(obj, ak.Array):
+        return ak.materialize(obj)
+    if isinstance(obj, ak.Record):
+        layout = obj.layout
+        one = ak.Array(layout.array[layout.at: layout.at + 1], behavior=obj.behavior, attrs=obj.attrs)
+        return ak.materialize(one)[0]
+    return obj
+
+
+def run_processor(processor: Any, events: Any, *, scheduler: str = "threads", num_workers: int | None = None) -> Any:
+    """Run one processor on ``events``; compute any dask collections in the output; load lazy arrays."""
+    if isinstance(processor, type):
+        raise TypeError(f"got the class {processor.__name__}, not an instance. Probably you wrote "
+                        f"processors={{...: {processor.__name__}}}; instead pass an instance: "
+                        f"{processor.__name__}()")
+    if callable(getattr(processor, "process", None)):
+        out = processor.process(events)
+    elif callable(processor):
+        out = processor(events)
+    else:
+        raise TypeError(f"a processor must be a coffea ProcessorABC or a callable taking the events, "
+                        f"got {type(processor).__name__}")
+    found: list[Any] = []
+
+    def collect(leaf: Any) -> Any:
+        if _is_dask(leaf):
+            found.append(leaf)
+        return leaf
+
+    _map_leaves(out, collect)
+    if found:
         import dask
 
-        (out,) = dask.compute(out)
-    return _materialize(out)
+        # One compute per collection type: dask 2026.8 returns the results of a
+        # compute that mixes Delayed with expression-backed collections (arrays,
+        # ...) in the wrong order. Within a type, shared inputs are still read once.
+        groups: dict[type, list[Any]] = {}
+        for c in found:
+            groups.setdefault(type(c), []).append(c)
+        by_id: dict[int, Any] = {}
+        for items in groups.values():
+            computed = dask.compute(*items, scheduler=scheduler, num_workers=num_workers)
+            by_id.update((id(c), v) for c, v in zip(items, computed))
+        out = _map_leaves(out, lambda leaf: by_id.get(id(leaf), leaf) if _is_dask(leaf) else leaf)
+    return _map_leaves(out, _materialize)
 
 
-def process_chunk(opener: NanoEventsOpener, processors: Mapping[str, Any], chunk: Chunk, *, cores: int = 1,
-                  reducer=accumulate_pair) -> dict[str, Any]:
-    """Run every processor on the chunk's events (read once); split over ``cores`` threads."""
-    if cores <= 1 or chunk.size < 2 * cores:
-        events = opener(chunk)
-        return {name: run_processor(p, events) for name, p in processors.items()}
-    import dask
+def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any], chunk: Chunk, *, cores: int = 1,
+                  reducer: Callable[[Any, Any], Any] = accumulate_pair) -> dict[str, Any]:
+    """Run every processor on the chunk's events, read once; ``{processor name: result}``.
 
-    parts = chunk.split(cores)
-    opener.open_file(chunk.path, chunk.tree, chunk.dataset, chunk.start, chunk.stop)  # open once, shared
-    delayed = [dask.delayed(process_chunk)(opener, processors, part, cores=1, reducer=reducer) for part in parts]
-    results = dask.compute(*delayed, scheduler="threads", num_workers=cores)
-    out = {}
-    for name in processors:
-        vals = [r[name] for r in results]
-        acc = vals[0]
-        for v in vals[1:]:
-            acc = reducer(acc, v)
-        out[name] = acc
-    return out
+    With ``cores > 1`` the chunk is split into ``cores`` entry ranges run on
+    dask's threaded scheduler, and their results are merged here with ``reducer``.
+    """
+    try:
+        if cores <= 1 or chunk.size < 2:
+            return _process(opener, processors, chunk, "threads")
+        import dask
+
+        if hasattr(opener, "open_tree"):  # open once, in this thread: the parts share the file
+            opener.open_tree(chunk.path, chunk.tree, dataset=chunk.dataset, start=chunk.start, stop=chunk.stop)
+        parts = [dask.delayed(_process)(opener, processors, part, "sync") for part in chunk.split(cores)]
+        results = dask.compute(*parts, scheduler="threads", num_workers=cores)
+        return {name: reduce_all((r[name] for r in results), reducer) for name in processors}
+    except BadInputError:
+        raise
+    except Exception as exc:
+        if _is_read_error(exc):
+            raise _bad_input(exc, chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop,
+                             "cannot read the events") from exc
+        raise
+
+
+def _process(opener: Callable[[Chunk], Any], processors: Mapping[str, Any], chunk: Chunk,
+             scheduler: str) -> dict[str, Any]:
+    events = opener(chunk)
+    return {name: run_processor(p, events, scheduler=scheduler) for name, p in processors.items()}

@@ -4,99 +4,264 @@
 
     DDRError
     ├── FilesetError (ValueError)     a fileset JSON or dict is malformed
-    ├── DatasetNotFound (KeyError)    a dataset name that is not in the fileset
-    ├── BadInputError                 a file/tree/entry range cannot be read
-    │   └── TreeNotFound              the tree is not in the file
+    ├── DatasetNotFound (KeyError)    a dataset name that the fileset does not have
+    ├── BadInputError                 a file, tree or entry range cannot be read
+    │   └── TreeNotFound              the tree (object_path) is not in the file
     └── ProcessorError                the user's processor raised on a chunk
+
+Policy: a message names the thing that failed (fileset, dataset, file, tree,
+entry range), shows what does exist (nearest names first, like uproot's
+``KeyInFileError``) and says how to fix it. Details go on indented lines::
+
+    cannot open file: file is truncated or not a ROOT file
+      dataset: DoubleMuon2018
+      file:    /data/nano_dimuon.root
+      tree:    Events
+      entries: 0-40
+      error:   OSError: expected Chunk of length 150, received 0 bytes from ...
+      hint:    fix or remove the file, or use --skip-bad-files to continue without it
+
+Input errors are permanent or transient (:func:`classify_input_error`):
+retrying cannot fix a missing, truncated or corrupt file, a missing tree or a
+schema rejection, but it often fixes timeouts, dropped connections and
+xrootd's "Operation expired" (and, to be safe, any other OSError).
+
+Every error keeps its attributes through pickling, because errors raised on a
+worker travel back to the manager.
 """
 
 from __future__ import annotations
 
 import difflib
+import zlib
 from typing import Any, Iterable
 
-__all__ = ["DDRError", "FilesetError", "DatasetNotFound", "BadInputError", "TreeNotFound", "ProcessorError",
-           "nearest"]
+__all__ = [
+    "DDRError",
+    "FilesetError",
+    "DatasetNotFound",
+    "BadInputError",
+    "TreeNotFound",
+    "ProcessorError",
+    "nearest",
+    "format_names",
+    "classify_input_error",
+]
 
 
-def nearest(name: str, options: Iterable[str], n: int = 5) -> list[str]:
-    opts = list(options)
-    close = difflib.get_close_matches(name, opts, n=n, cutoff=0.0)
-    return close + [o for o in opts if o not in close][: max(0, n - len(close))]
+def nearest(name: str, options: Iterable[str], n: int | None = None) -> list[str]:
+    """``options`` sorted by similarity to ``name`` (case-insensitive), closest first.
+
+    Ties keep the original order; ``n`` keeps only the first ``n``.
+    """
+    opts = list(dict.fromkeys(options))
+    low = name.lower()
+    ranked = sorted(opts, key=lambda o: -difflib.SequenceMatcher(None, low, o.lower()).ratio())
+    return ranked if n is None else ranked[:n]
+
+
+def format_names(names: Iterable[str], limit: int = 200) -> str:
+    """``'a', 'b', 'c' and 4 more``: a listing cut at about ``limit`` characters."""
+    names = list(names)
+    if not names:
+        return "(none)"
+    shown: list[str] = []
+    length = 0
+    for name in names:
+        text = repr(name)
+        if shown and length + len(text) > limit:
+            break
+        shown.append(text)
+        length += len(text) + 2
+    rest = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {rest} more" if rest else "")
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    obj = cls.__new__(cls)
+    BaseException.__init__(obj, *args)
+    obj.__dict__.update(state)
+    return obj
 
 
 class DDRError(Exception):
     """Base class of ddr's errors."""
 
+    def __reduce__(self) -> tuple:
+        # Subclasses take keyword arguments that ``args`` does not hold: rebuild
+        # from the message and the attributes instead of calling __init__ again.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
 
 class FilesetError(DDRError, ValueError):
-    pass
+    """A fileset (JSON file or dict) that ddr cannot use.
+
+    ``source`` is the JSON file (or "the fileset dict"), ``dataset`` and ``key``
+    point at the offending entry; ``problem`` and ``fix`` are the two halves of
+    the message.
+    """
+
+    def __init__(self, problem: str, *, source: str | None = None, dataset: str | None = None,
+                 file: str | None = None, key: str | None = None, fix: str | None = None) -> None:
+        self.problem, self.source, self.dataset, self.file, self.key, self.fix = (
+            problem, source, dataset, file, key, fix)
+        where = [f"fileset {source}" if source else "fileset"]
+        if dataset is not None:
+            where.append(f"dataset {dataset!r}")
+        if file is not None:
+            where.append(f"file {file!r}")
+        if key is not None:
+            where.append(f"key {key!r}")
+        message = f"{', '.join(where)}: {problem}"
+        if fix:
+            message += f"\n  fix: {fix}"
+        super().__init__(message)
 
 
 class DatasetNotFound(DDRError, KeyError):
-    def __init__(self, name: str, available: Iterable[str]) -> None:
+    """A dataset name that is not in the fileset; lists the names that are, nearest first."""
+
+    def __init__(self, name: str, available: Iterable[str], *, source: str | None = None) -> None:
         self.name = name
         self.available = list(available)
-        super().__init__(name)
+        self.source = source
+        where = f" in {source}" if source else " in the fileset"
+        super().__init__(
+            f"dataset {name!r} not found{where}\n"
+            f"  available (nearest first): {format_names(nearest(name, self.available))}\n"
+            f"  fix: use one of the names above, or add {name!r} to the fileset")
 
-    def __str__(self) -> str:
-        return (f"no dataset {self.name!r} in the fileset; nearest: "
-                f"{', '.join(nearest(self.name, self.available)) or 'none'}")
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0])
 
 
 class BadInputError(DDRError):
-    """An input that cannot be read: names the dataset, file, tree and entry range."""
+    """An input that cannot be read: names the dataset, file, tree and entry range.
+
+    ``cause`` is ``"<type>: <message>"`` of the underlying error; ``permanent``
+    says whether retrying can help (a timeout can, a truncated file cannot);
+    ``what`` is the one-line summary that opens the message.
+    """
 
     def __init__(self, dataset: str | None, file: str, tree: str | None, start: int | None, stop: int | None,
-                 cause: str, permanent: bool = True, hint: str | None = None) -> None:
+                 cause: str, permanent: bool = True, hint: str | None = None, *, what: str | None = None) -> None:
         self.dataset, self.file, self.tree = dataset, file, tree
-        self.start, self.stop, self.cause, self.permanent = start, stop, cause, permanent
-        self.hint = hint
+        self.start, self.stop = start, stop
+        self.cause, self.permanent = cause, bool(permanent)
+        if what is None:
+            what = "cannot read input" if self.permanent else "transient error while reading input"
+        if hint is None:
+            hint = ("fix or remove the file, or use --skip-bad-files to continue without it" if self.permanent
+                    else "ddr retries transient errors; if it keeps failing, check the storage, "
+                         "or use --skip-bad-files to continue without the file")
+        self.what, self.hint = what, hint
         super().__init__(self._message())
 
-    def __reduce__(self):
-        return (type(self)._rebuild, (self.__dict__.copy(),))
-
-    @classmethod
-    def _rebuild(cls, state: dict) -> "BadInputError":
-        obj = cls.__new__(cls)
-        obj.__dict__.update(state)
-        Exception.__init__(obj, obj._message())
-        return obj
-
     def _message(self) -> str:
-        kind = "cannot read input" if self.permanent else "transient read error"
-        lines = [kind]
-        if self.dataset:
+        lines = [self.what]
+        if self.dataset is not None:
             lines.append(f"  dataset: {self.dataset}")
         lines.append(f"  file:    {self.file}")
-        if self.tree:
+        if self.tree is not None:
             lines.append(f"  tree:    {self.tree}")
-        if self.start is not None:
+        if self.start is not None or self.stop is not None:
             lines.append(f"  entries: {self.start}-{self.stop}")
+        lines.extend(self._extra_lines())
         lines.append(f"  error:   {self.cause}")
-        lines.append(f"  hint:    {self.hint or 'fix or remove the file, or pass --skip-bad-files to continue without it'}")
+        lines.append(f"  hint:    {self.hint}")
         return "\n".join(lines)
+
+    def _extra_lines(self) -> list[str]:
+        return []
 
 
 class TreeNotFound(BadInputError):
-    pass
+    """The tree (object_path) is not in the file; ``available`` holds the keys that are."""
+
+    def __init__(self, dataset: str | None, file: str, tree: str, available: Iterable[str], *,
+                 start: int | None = None, stop: int | None = None) -> None:
+        self.available = nearest(tree, available)
+        super().__init__(
+            dataset, file, tree, start, stop, f"KeyInFileError: not found: {tree!r}", True,
+            hint=("set the tree in the fileset (the value of the file entry, \"object_path\", or \"treename\") "
+                  "to one of the available keys, or use --skip-bad-files to continue without the file"),
+            what=f"tree {tree!r} not found in the file")
+
+    def _extra_lines(self) -> list[str]:
+        return [f"  available (nearest first): {format_names(self.available)}"]
 
 
 class ProcessorError(DDRError):
-    """The processor raised while processing a chunk."""
+    """The processor raised while processing a chunk.
 
-    def __init__(self, message: str, dataset: str | None = None, item: Any = None, remote_traceback: str = "") -> None:
+    Carries the dataset, the work item, the file and entry range when the item
+    is a chunk, the ``cause`` (``"<type>: <message>"``) and the traceback text
+    from the worker.
+    """
+
+    def __init__(self, message: str, dataset: str | None = None, item: Any = None,
+                 remote_traceback: str = "") -> None:
         super().__init__(message)
         self.dataset, self.item, self.remote_traceback = dataset, item, remote_traceback
+        self.file: str | None = getattr(item, "path", None)
+        self.tree: str | None = getattr(item, "tree", None)
+        self.start: int | None = getattr(item, "start", None)
+        self.stop: int | None = getattr(item, "stop", None)
+        self.cause: str | None = None
 
     @classmethod
     def from_task(cls, dataset: str, item: Any, exc: BaseException) -> "ProcessorError":
-        label = item.label() if hasattr(item, "label") else repr(item)[:200]
+        """Wrap the exception ``exc`` that the processor raised on ``item``."""
         tb = getattr(exc, "remote_traceback", "") or ""
-        msg = (f"the processor raised on dataset {dataset!r}, {label}:\n  {type(exc).__name__}: {exc}\n"
-               f"remote traceback:\n{tb}")
-        return cls(msg, dataset, item, tb)
+        # vinecore's stand-in for unpicklable exceptions already reads "<type>: <message>"
+        cause = str(exc) if hasattr(exc, "type_name") else f"{type(exc).__name__}: {exc}"
+        lines = [f"the processor raised on dataset {dataset!r}"]
+        if hasattr(item, "path"):
+            lines.append(f"  file:    {item.path}")
+            lines.append(f"  tree:    {getattr(item, 'tree', None)}")
+            lines.append(f"  entries: {getattr(item, 'start', None)}-{getattr(item, 'stop', None)}")
+        else:
+            lines.append(f"  item:    {repr(item)[:200]}")
+        lines.append(f"  error:   {cause}")
+        if tb:
+            lines.append("  remote traceback:")
+            lines.extend("    " + line for line in tb.rstrip().splitlines())
+        err = cls("\n".join(lines), dataset, item, tb)
+        err.cause = cause
+        return err
 
-    def __reduce__(self):
-        return (type(self), (self.args[0], self.dataset, self.item, self.remote_traceback))
+
+_TRANSIENT_WORDS = ("operation expired", "timed out", "timeout", "connection reset", "connection refused",
+                    "connection error", "connection aborted", "temporarily unavailable", "try again", "socket",
+                    "broken pipe", "service unavailable", "bad gateway", "too many requests")
+
+
+def classify_input_error(exc: BaseException) -> tuple[bool, str]:
+    """``(permanent, short description)`` of an error met while opening or reading input.
+
+    Judged from the exception type and the words uproot, fsspec and xrootd use
+    in their messages (no import of either is needed).
+    """
+    text = str(exc).lower()
+    name = type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) or "no such file" in text:
+        return True, "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return True, "is a directory, not a ROOT file"
+    if isinstance(exc, PermissionError) or "permission denied" in text:
+        return True, "permission denied"
+    if isinstance(exc, (TimeoutError, ConnectionError)) or any(w in text for w in _TRANSIENT_WORDS):
+        return False, "timeout or connection error"
+    if name == "KeyInFileError":
+        return True, "object not found in the file"
+    if "missing event id fields" in text or ("schema" in text and isinstance(exc, RuntimeError)):
+        return True, "the schema rejected the file"
+    if "expected chunk of length" in text:  # a short read: the file ends early
+        remote = "://" in text and "file://" not in text
+        return (not remote), "short read from remote storage" if remote else "file is truncated or not a ROOT file"
+    if isinstance(exc, zlib.error) or name == "DeserializationError" or "compression" in text \
+            or "not a root file" in text:
+        return True, "corrupt data (decompression or deserialization failed)"
+    if isinstance(exc, OSError):
+        return False, "I/O error"
+    return True, f"cannot read ({name})"

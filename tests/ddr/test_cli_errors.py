@@ -78,14 +78,14 @@ def test_preprocess_writes_coffea_dialect_that_run_accepts(tmp_path):
     r = ddr("preprocess", DATASETS / "samples.json", "-o", out, "--step-size", "300", "--workers", "2")
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
-    entry = data["EGamma2022"]["files"]
+    entry = data["EGamma2023"]["files"]
     (path, spec), = entry.items()
     assert spec["num_entries"] == 1000 and spec["steps"] == [[0, 300], [300, 600], [600, 900], [900, 1000]]
     assert spec["object_path"] == "Events" and len(spec["uuid"]) == 36
     from coffea.dataset_tools import max_chunks  # coffea itself accepts the dialect
 
-    assert max_chunks({"EGamma2022": {"files": {path: spec}}}, 2)["EGamma2022"]["files"][path]["steps"] == [[0, 300], [300, 600]]
+    assert max_chunks({"EGamma2023": {"files": {path: spec}}}, 2)["EGamma2023"]["files"][path]["steps"] == [[0, 300], [300, 600]]
     rep = tmp_path / "r.json"
     r = ddr("run", ANALYSES / "dimuon.py", "--datasets", out, "--quiet", "--workers", "1", "--report", rep)
     assert r.returncode == 0, r.stderr
-    assert json.loads(rep.read_text())["datasets"]["EGamma2022"]["chunks_done"] == 4
+    assert json.loads(rep.read_text())["datasets"]["EGamma2023"]["chunks_done"] == 4

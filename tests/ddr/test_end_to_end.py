@@ -89,7 +89,7 @@ def test_preprocessed_and_list_dialects_agree():
     pre = CoffeaDynamicDataReduction(DATASETS / "samples_preprocessed.json", dimuon(), engine="sync")
     got = pre.compute()
     rep = pre.report
-    assert rep["datasets"]["EGamma2022"]["chunks_done"] == 3  # the steps are honoured
+    assert rep["datasets"]["EGamma2023"]["chunks_done"] == 3  # the steps are honoured
     lst = CoffeaDynamicDataReduction(DATASETS / "samples_list.json", dimuon(), engine="sync").compute()
     for ds in got:
         np.testing.assert_array_equal(got[ds]["mass"].values(), raw[ds]["mass"].values())
@@ -172,6 +172,6 @@ def test_other_analyses_match_coffea_runner(analysis, hists):
         for k, v in ours[ds]["cutflow"].items():
             assert ref["cutflow"][k] == v
     if analysis == "electrons.py":
-        assert ours["EGamma2022"]["cutflow"]["EGamma2022/opposite_sign"] > 800  # a real Z -> ee sample
+        assert ours["EGamma2023"]["cutflow"]["EGamma2023/opposite_sign"] > 800  # a real Z -> ee sample
     else:
         assert ours["TTbar"]["cutflow"]["TTbar/two_jets_40"] > 150  # ttbar: jet-rich
