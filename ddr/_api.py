@@ -280,7 +280,6 @@ class RunHandle:
             res = self._result
             if res is None:
                 return {}
-            rep = self._ddr.report or {"datasets": {}}
             return {ds: (v, 1.0) for ds, v in _by_dataset(res, self._ddr._single).items()}
         ev, box = threading.Event(), []
         with self._lock:

@@ -34,7 +34,7 @@ from . import _worker
 from ._chunking import ChunkSizer
 from ._ledger import Coverage, DatasetLedger
 from ._planning import Chunk
-from ._sources import CountRequest, FilesetSource, GenericSource, Work
+from ._sources import CountRequest, FilesetSource, Work
 from .exceptions import BadInputError, DDRError, ProcessorError
 
 __all__ = ["Reduction", "DatasetProgress", "RunOptions"]
@@ -98,6 +98,7 @@ class Reduction:
         self.busy: dict[str, int] = {ds: 0 for ds in sources}
         self.results: dict[str, Any] = {}
         self.order = list(sources)
+        self.rank = {ds: i for i, ds in enumerate(self.order)}  # earlier datasets first
         self.started = time.monotonic()
         self.first_result_at: float | None = None
         self.error: BaseException | None = None
@@ -187,7 +188,7 @@ class Reduction:
         t = vinecore.FunctionCall(self.lib, "process", work.item)
         t.enable_temp_output()
         t.set_category("processing")
-        self._resources(t, -self.order.index(work.dataset))
+        self._resources(t, -self.rank[work.dataset])
         if isinstance(work.item, Chunk):
             t.set_locality(work.item.path)
         work.attempts += 1
@@ -212,7 +213,7 @@ class Reduction:
         t.enable_temp_output()
         t.set_category("accumulating")
         t.set_retries(self.opt.retries)
-        t.set_priority(_ACCUM_PRIORITY - self.order.index(ds))
+        t.set_priority(_ACCUM_PRIORITY - self.rank[ds])
         if self.opt.memory:
             t.set_memory(self.opt.memory)
         self.m.submit(t)
@@ -364,8 +365,6 @@ class Reduction:
         for ds, led in self.ledgers.items():
             src = self.sources[ds]
             total = src.events_expected
-            if total is None and isinstance(src, FilesetSource):
-                total = None
             done = led.events_processed
             rate = done / elapsed
             eta = None

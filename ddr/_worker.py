@@ -36,14 +36,12 @@ class Job:
 
 
 def build_context(payload: bytes) -> Job:
+    import dask
+
     job = vinecore._serialize.loads(payload)
     if job.cores > 1:
-        import dask
-
         dask.config.set(scheduler="threads", num_workers=job.cores)
     else:
-        import dask
-
         dask.config.set(scheduler="sync")
     return job
 
@@ -80,6 +78,3 @@ def count(path: str, tree: str) -> tuple[int, str | None]:
     options = getattr(job.postprocess, "uproot_options", None)
     return count_entries(path, tree, options)
 
-
-def worker_pid() -> int:
-    return os.getpid()

@@ -113,7 +113,6 @@ class Manager:
         self._specs: dict[int, TaskSpec] = {}
         self._done: deque[Task] = deque()
         self._libraries: dict[str, Library] = {}
-        self._temps: dict[str, File] = {}
         self._next_id = 1
         self._submitted = 0
         self.state = ManagerState.RUNNING
@@ -172,9 +171,7 @@ class Manager:
 
     def declare_temp(self) -> File:
         self._check_open("declare a temp")
-        f = new_temp()
-        self._temps[f.cache_name] = f
-        return f
+        return new_temp()
 
     def fetch_file(self, file: File) -> bytes:
         """The content of a file; for a temp, fetched from the worker-side store."""
@@ -203,7 +200,6 @@ class Manager:
         """Forget a temp: workers may drop their copies."""
         self._check_open("undeclare a file")
         if file.kind == "temp":
-            self._temps.pop(file.cache_name, None)
             self._engine.release(file.cache_name)
 
     # ------------------------------------------------------------ libraries
@@ -290,7 +286,7 @@ class Manager:
             events = self._engine.poll(remaining)
             if events:
                 self._apply(self._scheduler.handle(*events))
-            elif getattr(self._engine, "name", "") == "sync" or (remaining is not None and remaining <= 0):
+            elif not getattr(self._engine, "poll_waits", True) or (remaining is not None and remaining <= 0):
                 self._log.flush()
                 return self._done.popleft() if self._done else None
 

@@ -9,7 +9,6 @@ After ``Manager.wait`` returns a task, its outcome is in ``result``,
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -214,9 +213,3 @@ def _sandbox_name(name: str) -> str:
         raise ValueError(f"{name!r} is not a relative name inside the task's sandbox")
     return name
 
-
-def _signature_hint(fn: Callable[..., Any]) -> str:  # pragma: no cover - messages only
-    try:
-        return f"{fn.__qualname__}{inspect.signature(fn)}"
-    except (TypeError, ValueError, AttributeError):
-        return repr(fn)

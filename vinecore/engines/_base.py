@@ -12,6 +12,9 @@ scheduling decisions of its own beyond placing data.
     start one attempt on that worker; never blocks on the task.
 ``kill(task_id, worker_id)``
     stop a running attempt; its ``TaskFinished`` still arrives later.
+``poll_waits``
+    optional, default True; False for an engine whose ``poll`` never waits
+    (the sync engine), so ``Manager.wait`` stops when nothing came back.
 ``poll(timeout) -> events``
     ``TaskFinished`` (report: :class:`~vinecore._runtime.Outcome`),
     ``WorkerJoined``, ``WorkerRemoved``; waits at most ``timeout`` seconds.

@@ -22,6 +22,7 @@ __all__ = ["SyncEngine"]
 
 class SyncEngine:
     name = "sync"
+    poll_waits = False  # poll() returns at once: with nothing queued, nothing will ever happen
 
     def __init__(self, workers: int | None = None, *, run_dir: str, cores_per_worker: int = 1) -> None:
         self.n_workers = workers or 1
