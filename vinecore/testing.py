@@ -266,7 +266,9 @@ def check_priorities(make: MakeManager, tmp: str) -> None:
         with open(log) as f:
             order = [line.split()[1] for line in f.read().splitlines()]
         started = [n for n in order if not n.startswith("block")]
-        assert started[:4] == [f"high{i}" for i in range(4)], order
+        # every high-priority task starts before any low one; within one priority, two
+        # workers may start neighbours in either order
+        assert sorted(started[:4]) == [f"high{i}" for i in range(4)], order
         assert sorted(started[4:]) == [f"low{i}" for i in range(4)], order
 
 
