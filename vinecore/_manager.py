@@ -261,6 +261,7 @@ class Manager:
             inputs=tuple((f.kind, f.cache_name, f.source, n) for f, n in task.inputs),
             outputs=tuple((f.kind, f.cache_name, f.source, n) for f, n in task.outputs),
             output_temp=task.output_file.cache_name if task.output_file is not None else None,
+            arg_temps=tuple(dict.fromkeys(f.cache_name for f in arg_files if f.kind == "temp")),
             cores=task.cores or 1, memory=task.memory, time_max=task.time_max, category=task.category)
         self._tasks[tid] = task
         self._submitted += 1

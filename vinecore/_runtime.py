@@ -61,6 +61,7 @@ class TaskSpec:
     inputs: tuple[tuple[str, str, Any, str], ...] = ()  # (kind, cache name, source, sandbox name)
     outputs: tuple[tuple[str, str, Any, str], ...] = ()
     output_temp: str | None = None
+    arg_temps: tuple[str, ...] = ()  # temps passed as arguments (resolved from the store on the worker)
     cores: int = 1
     memory: int | None = None  # MB
     time_max: float | None = None

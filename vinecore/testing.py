@@ -11,13 +11,18 @@ whether the task runs in this process, a local worker, or a dask worker.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from typing import Callable
 
 from . import FunctionCall, Manager, ManagerClosedError, PythonTask, TaskSubmissionError, current_worker
 
-__all__ = ["CHECKS", "run_all"]
+__all__ = ["CHECKS", "run_all", "DaskProcesses"]
 
 MakeManager = Callable[..., Manager]
 
@@ -354,3 +359,94 @@ def run_all(make: MakeManager, tmp: str) -> None:
         d = os.path.join(tmp, name)
         os.makedirs(d, exist_ok=True)
         check(make, d)
+
+
+# ------------------------------------------------- a real dask cluster here
+class DaskProcesses:
+    """A dask scheduler and workers started with the ``dask`` command, on 127.0.0.1.
+
+    For tests and demos of the dask engine against real processes::
+
+        with DaskProcesses(workers=2) as cluster:
+            Manager(engine="dask", scheduler_file=cluster.scheduler_file)
+
+    ``nanny=False`` starts workers without a nanny, so a killed worker stays
+    dead; with the nanny (default) a killed worker is restarted at a new address.
+    """
+
+    def __init__(self, workers: int = 2, *, nthreads: int = 1, directory: str, nanny: bool = True,
+                 memory_limit: str = "4GiB", timeout: float = 60.0) -> None:
+        self.n_workers = workers
+        self.nthreads = nthreads
+        self.directory = directory
+        self.nanny = nanny
+        self.memory_limit = memory_limit
+        self.timeout = timeout
+        self.scheduler_file = os.path.join(directory, "scheduler.json")
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    @staticmethod
+    def _dask_command() -> list[str]:
+        exe = os.path.join(os.path.dirname(sys.executable), "dask")
+        if os.path.exists(exe):
+            return [exe]
+        found = shutil.which("dask")
+        if found is None:
+            raise RuntimeError("the `dask` command was not found next to this Python or on PATH; "
+                               "install it with: pip install 'dask[distributed]'")
+        return [found]
+
+    def __enter__(self) -> "DaskProcesses":
+        os.makedirs(self.directory, exist_ok=True)
+        dask = self._dask_command()
+        log = open(os.path.join(self.directory, "scheduler.log"), "wb")
+        self.scheduler = subprocess.Popen(
+            [*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", self.scheduler_file], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + self.timeout
+        while not os.path.exists(self.scheduler_file):
+            if self.scheduler.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"dask scheduler did not start; see {self.directory}/scheduler.log")
+            time.sleep(0.05)
+        for i in range(self.n_workers):
+            self.add_worker(f"w{i}")
+        return self
+
+    def add_worker(self, name: str) -> subprocess.Popen:
+        """Start one more ``dask worker`` process."""
+        dask = self._dask_command()
+        wdir = os.path.join(self.directory, name)
+        os.makedirs(wdir, exist_ok=True)
+        log = open(os.path.join(self.directory, f"{name}.log"), "wb")
+        cmd = [*dask, "worker", "--scheduler-file", self.scheduler_file, "--host", "127.0.0.1",
+               "--nthreads", str(self.nthreads), "--no-dashboard", "--name", name,
+               "--local-directory", wdir, "--death-timeout", "30", "--memory-limit", self.memory_limit]
+        if not self.nanny:
+            cmd.append("--no-nanny")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        self.workers.append(proc)
+        return proc
+
+    @property
+    def address(self) -> str:
+        with open(self.scheduler_file) as f:
+            return json.load(f)["address"]
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in [*self.workers, self.scheduler]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

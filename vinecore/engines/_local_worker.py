@@ -20,7 +20,8 @@ def main(argv: list[str]) -> int:
     from .._runtime import DirStore, WorkerRuntime
 
     conn = Connection(socket.socket(fileno=fd).detach())
-    runtime = WorkerRuntime(worker_id, DirStore(store_root), isolated=True)
+    cache_mb = int(os.environ.get("VINECORE_STORE_MEMORY_MB", "256"))
+    runtime = WorkerRuntime(worker_id, DirStore(store_root, memory_cache_mb=cache_mb), isolated=True)
     send, recv = conn.send_bytes, conn.recv_bytes
     dumps, loads = pickle.dumps, pickle.loads
     while True:

@@ -65,7 +65,7 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, workers: int | None = None, *, run_dir: str, cores_per_worker: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: str = "local-") -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.n_workers = workers or os.cpu_count() or 1
@@ -78,6 +78,7 @@ class LocalEngine:
         self.env["VINECORE_CORES"] = str(cores_per_worker)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             self.env.setdefault(var, str(cores_per_worker))
+        self.prefix = prefix  # worker ids are prefix + a counter, unique for this engine's life
         self.procs: dict[str, _Proc] = {}
         self.by_conn: dict[Connection, _Proc] = {}
         self.libraries: dict[str, bytes] = {}
@@ -90,7 +91,7 @@ class LocalEngine:
         return [self._spawn() for _ in range(self.n_workers)]
 
     def _spawn(self) -> WorkerJoined:
-        wid = f"local-{self._count}"
+        wid = f"{self.prefix}{self._count}"
         self._count += 1
         parent, child = socket.socketpair()
         try:

@@ -1,0 +1,105 @@
+"""ddr on the dask engine, against real ``dask scheduler`` / ``dask worker`` processes.
+
+* the same ``ddr run`` gives identical output on the local and the dask engine;
+* a dask worker SIGKILLed mid-run while it holds partial results costs only
+  recomputation: the output equals a clean run's and every event is counted once.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import hist
+import pytest
+from coffea.util import load
+from distributed import Client
+
+from tests.conftest import ANALYSES, DATASETS
+from vinecore.testing import DaskProcesses
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+DDR = [sys.executable, "-m", "ddr.cli"]
+
+
+def _generate(out, **kw):
+    spec = importlib.util.spec_from_file_location("ddr_datasets_generate", DATASETS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.generate(out, **kw)
+
+
+def _run(args, **kw):
+    return subprocess.run([*DDR, "run", *map(str, args), "--quiet"], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def _same(a, b, where="output"):
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys differ: {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, hist.Hist):
+        assert a == b, f"{where}: histograms differ"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _events(report):
+    return {ds: (r["events_processed"], r["events_expected"], r["complete"])
+            for ds, r in report["datasets"].items()}
+
+
+def test_local_and_dask_give_identical_output(tmp_path):
+    common = [ANALYSES / "dimuon.py", "--datasets", DATASETS / "samples.json", "--chunk-size", "64",
+              "--initial-chunk-size", "64"]
+    local = _run([*common, "-o", tmp_path / "local.coffea", "--report", tmp_path / "local.json",
+                  "--workers", "2"])
+    assert local.returncode == 0, local.stderr
+    with DaskProcesses(workers=2, directory=str(tmp_path / "cluster")) as cluster:
+        dask = _run([*common, "-o", tmp_path / "dask.coffea", "--report", tmp_path / "dask.json",
+                     "--scheduler", cluster.address])
+    assert dask.returncode == 0, dask.stderr
+    _same(load(tmp_path / "local.coffea"), load(tmp_path / "dask.coffea"))
+    rl, rd = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "dask"))
+    assert _events(rl) == _events(rd)
+    assert all(done == expected and complete for done, expected, complete in _events(rd).values())
+    assert sum(r["chunks_done"] for r in rd["datasets"].values()) > 4  # several chunks, so accumulations ran
+
+
+def test_sigkill_of_a_dask_worker_holding_partials(tmp_path):
+    fileset = _generate(tmp_path / "data", files=2, events_per_file=150_000, chunk=50_000, seed=7)
+    common = [ANALYSES / "dimuon.py", "--datasets", fileset, "--chunk-size", "4000",
+              "--initial-chunk-size", "4000", "--accumulation-size", "4"]
+    clean = _run([*common, "-o", tmp_path / "clean.coffea", "--report", tmp_path / "clean.json"])
+    assert clean.returncode == 0, clean.stderr
+
+    with DaskProcesses(workers=2, directory=str(tmp_path / "cluster"), nanny=False) as cluster:
+        run = subprocess.Popen([*DDR, "run", *map(str, common), "-o", tmp_path / "dask.coffea",
+                                "--report", tmp_path / "dask.json", "--scheduler", cluster.address, "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed = None
+        with Client(cluster.address) as client:
+            deadline = time.monotonic() + 120
+            while killed is None and run.poll() is None and time.monotonic() < deadline:
+                held = {addr: [k for k in keys if str(k).startswith("vinecore-") and "-outcome" not in str(k)]
+                        for addr, keys in client.has_what().items()}
+                # kill once both workers hold partial results (temps of finished attempts)
+                if len(held) == 2 and all(len(v) >= 2 for v in held.values()):
+                    victim = sorted(held)[0]
+                    pid = client.run(os.getpid, workers=[victim])[victim]
+                    os.kill(pid, signal.SIGKILL)
+                    killed = (victim, len(held[victim]))
+                time.sleep(0.05)
+        out, err = run.communicate(timeout=600)
+    assert killed is not None, "the run ended before a worker could be killed; make it longer"
+    assert run.returncode == 0, err
+    _same(load(tmp_path / "clean.coffea"), load(tmp_path / "dask.coffea"))
+    report = json.loads((tmp_path / "dask.json").read_text())
+    assert _events(report) == _events(json.loads((tmp_path / "clean.json").read_text()))
+    assert all(done == expected == 300_000 and complete for done, expected, complete in _events(report).values())
