@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from vinecore.exceptions import EngineError
+
 from .exceptions import DDRError
 
 __all__ = ["main", "build_parser"]
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     r.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address (tcp:// or tls://); implies --engine dask")
     r.add_argument("--scheduler-file", metavar="FILE", help="dask scheduler file; implies --engine dask")
+    r.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate for a tls:// dask scheduler")
+    r.add_argument("--tls-cert", metavar="PEM", help="client certificate for a tls:// dask scheduler")
+    r.add_argument("--tls-key", metavar="PEM", help="client private key for a tls:// dask scheduler")
     r.add_argument("--quiet", action="store_true", help="no progress display")
 
     pp = sub.add_parser("preprocess", help="count entries on the workers and write coffea's preprocessed fileset")
@@ -55,6 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--skip-bad-files", action="store_true")
 
     return p
+
+
+def dask_engine_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The engine name and its options from --engine/--scheduler/--scheduler-file/--tls-*."""
+    engine, options = args.engine, {}
+    if args.scheduler or args.scheduler_file:
+        engine = "dask"
+        options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file}
+    tls = [args.tls_ca_file, args.tls_cert, args.tls_key]
+    if any(tls):
+        if engine != "dask":
+            raise ValueError("--tls-ca-file/--tls-cert/--tls-key need a dask scheduler: add --scheduler tls://HOST:PORT")
+        from distributed.security import Security
+
+        options["security"] = Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert,
+                                       tls_client_key=args.tls_key, require_encryption=True)
+    return engine, options
 
 
 def _err(msg: str) -> None:
@@ -89,13 +111,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ._coffea import resolve_schema
 
         resolve_schema(args.schema)
+        engine, engine_options = dask_engine_options(args)
     except (DDRError, ValueError, OSError) as exc:
         _err(str(exc))
         return 2
-    engine, engine_options = args.engine, {}
-    if args.scheduler or args.scheduler_file:
-        engine = "dask"
-        engine_options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file}
     proc = next(iter(procs.values()))
     ddr = CoffeaDynamicDataReduction(
         datasets, proc, schema=args.schema, chunk_size=args.chunk_size, initial_chunk_size=args.initial_chunk_size,
@@ -115,6 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except EngineError as exc:  # no workers: the cluster could not be reached or started
+        _err(str(exc))
+        return 2
     except DDRError as exc:
         error = exc
     report = ddr.report

@@ -375,13 +375,14 @@ class DaskProcesses:
     """
 
     def __init__(self, workers: int = 2, *, nthreads: int = 1, directory: str, nanny: bool = True,
-                 memory_limit: str = "4GiB", timeout: float = 60.0) -> None:
+                 memory_limit: str = "4GiB", timeout: float = 60.0, extra_args: tuple[str, ...] = ()) -> None:
         self.n_workers = workers
         self.nthreads = nthreads
         self.directory = directory
         self.nanny = nanny
         self.memory_limit = memory_limit
         self.timeout = timeout
+        self.extra_args = list(extra_args)  # e.g. TLS options, given to the scheduler and every worker
         self.scheduler_file = os.path.join(directory, "scheduler.json")
         self.scheduler: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
@@ -403,7 +404,7 @@ class DaskProcesses:
         log = open(os.path.join(self.directory, "scheduler.log"), "wb")
         self.scheduler = subprocess.Popen(
             [*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", self.scheduler_file], stdout=log, stderr=subprocess.STDOUT,
+             "--scheduler-file", self.scheduler_file, *self.extra_args], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + self.timeout
@@ -424,7 +425,8 @@ class DaskProcesses:
         log = open(os.path.join(self.directory, f"{name}.log"), "wb")
         cmd = [*dask, "worker", "--scheduler-file", self.scheduler_file, "--host", "127.0.0.1",
                "--nthreads", str(self.nthreads), "--no-dashboard", "--name", name,
-               "--local-directory", wdir, "--death-timeout", "30", "--memory-limit", self.memory_limit]
+               "--local-directory", wdir, "--death-timeout", "30", "--memory-limit", self.memory_limit,
+               *self.extra_args]
         if not self.nanny:
             cmd.append("--no-nanny")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

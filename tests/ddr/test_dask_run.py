@@ -103,3 +103,41 @@ def test_sigkill_of_a_dask_worker_holding_partials(tmp_path):
     report = json.loads((tmp_path / "dask.json").read_text())
     assert _events(report) == _events(json.loads((tmp_path / "clean.json").read_text()))
     assert all(done == expected == 300_000 and complete for done, expected, complete in _events(report).values())
+
+
+def test_tls_scheduler(tmp_path):
+    """``--scheduler tls://...`` with certificate options, against a TLS-only cluster."""
+    ca, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                           "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", ca], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"openssl could not make a test certificate: {made.stderr[-300:]}")
+    tls = ("--protocol", "tls", "--tls-ca-file", str(ca), "--tls-cert", str(ca), "--tls-key", str(key))
+    with DaskProcesses(workers=1, directory=str(tmp_path / "cluster"), extra_args=tls) as cluster:
+        assert cluster.address.startswith("tls://")
+        args = [ANALYSES / "dimuon.py", "--datasets", DATASETS / "samples.json", "--report", tmp_path / "r.json",
+                "--scheduler", cluster.address]
+        refused = _run(args)
+        assert refused.returncode == 2 and "--tls-ca-file" in refused.stderr, refused.stderr  # no certificate, no entry
+        done = _run([*args, "--tls-ca-file", ca, "--tls-cert", ca, "--tls-key", key])
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert all(done == expected and complete for done, expected, complete in _events(report).values())
+
+
+def test_python_api_with_a_client(tmp_path):
+    """A notebook's ``distributed.Client`` as the engine: the run uses it and leaves it open."""
+    import ddr
+    from ddr._analysis import load_analysis
+
+    proc = next(iter(load_analysis(str(ANALYSES / "dimuon.py")).values()))
+    fileset = str(DATASETS / "samples.json")
+    local = ddr.CoffeaDynamicDataReduction(fileset, proc, engine="sync", chunk_size=100).compute()
+    with DaskProcesses(workers=2, directory=str(tmp_path / "cluster")) as cluster:
+        with Client(cluster.address) as client:
+            first = ddr.CoffeaDynamicDataReduction(fileset, proc, engine=client, chunk_size=100).compute()
+            again = ddr.CoffeaDynamicDataReduction(fileset, proc, engine=client, chunk_size=100).compute()
+            assert client.status == "running"
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
+    _same(local, first)
+    _same(local, again)

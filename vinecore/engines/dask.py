@@ -132,10 +132,15 @@ class DaskEngine:
                 try:
                     self.client = distributed.Client(self.scheduler, scheduler_file=self.scheduler_file,
                                                      security=self.security, timeout="30s")
-                except (OSError, TimeoutError) as exc:
+                except Exception as exc:  # noqa: BLE001 - distributed raises several kinds here
                     where = self.scheduler or f"the scheduler in {self.scheduler_file}"
-                    raise EngineError(f"could not connect to the dask scheduler at {where}: {exc}. Check the "
-                                      "address and that the scheduler is running (`dask scheduler`).") from exc
+                    hint = ("Check the address and that the scheduler is running (`dask scheduler`).")
+                    if "TLS" in str(exc) or str(self.scheduler or "").startswith("tls://"):
+                        hint = ("A tls:// scheduler needs certificates: ddr run --tls-ca-file CA.pem --tls-cert "
+                                "CERT.pem --tls-key KEY.pem, or security=distributed.security.Security(...) "
+                                "in Python.")
+                    raise EngineError(f"could not connect to the dask scheduler at {where}: "
+                                      f"{type(exc).__name__}: {exc}. {hint}") from exc
             else:
                 opts = {"n_workers": self.n_workers or 2, "threads_per_worker": 1, "processes": True,
                         "dashboard_address": None, "host": "127.0.0.1"}
