@@ -54,11 +54,12 @@ class Held:
 class Pool:
     """Library processes serving one run on one dask worker; thread-safe."""
 
-    def __init__(self, address: str, run: str, processes: int, local_dir: str) -> None:
+    def __init__(self, address: str, run: str, processes: int, local_dir: str, cores: int = 1) -> None:
         self.address = address
         self.run_id = run
         self.engine = LocalEngine(processes, run_dir=os.path.join(local_dir, f"vinecore-{run}"),
-                                  prefix=f"{address}/p", env={"VINECORE_STORE_MEMORY_MB": "0"})
+                                  prefix=f"{address}/p", env={"VINECORE_STORE_MEMORY_MB": "0"},
+                                  cores_per_worker=cores)
         self.slots = [ev.worker_id for ev in self.engine.start()]
         self.busy: list[int | None] = [None] * processes
         self.lock = threading.Lock()
@@ -169,8 +170,9 @@ def pool_for(worker: Any, run: str, processes: int | None) -> Pool:
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None or pool.closed:
-            n = processes or max(1, int(getattr(worker.state, "nthreads", 1)))
-            pool = _POOLS[key] = Pool(worker.address, run, n, worker.local_directory)
+            nthreads = max(1, int(getattr(worker.state, "nthreads", 1)))
+            n = processes or nthreads
+            pool = _POOLS[key] = Pool(worker.address, run, n, worker.local_directory, max(1, nthreads // n))
     for name, plugin in list(worker.plugins.items()):
         if isinstance(plugin, LibraryPlugin) and plugin.run == run and plugin.name not in pool.libraries:
             pool.install_library(plugin.name, plugin.payload)
