@@ -21,6 +21,7 @@ from ._driver import DatasetProgress, Reduction, RunOptions
 from ._reducers import accumulate_pair
 from ._sources import FilesetSource, GenericSource
 from ._worker import Job
+from .exceptions import DDRError
 
 __all__ = ["DynamicDataReduction", "CoffeaDynamicDataReduction", "RunHandle", "normalize_processors"]
 
@@ -185,7 +186,9 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
     def __init__(self, fileset: Any, processors: Any, *, schema: Any = "NanoAOD", chunk_size: int | None = None,
                  initial_chunk_size: int = 10_000, target_seconds: float = 30.0, max_chunk_size: int = 2_000_000,
                  uproot_options: Mapping[str, Any] | None = None, mode: str = "virtual",
-                 reducer: Callable[[Any, Any], Any] | None = None, min_split: int = 1, **kwargs: Any) -> None:
+                 reducer: Callable[[Any, Any], Any] | None = None, min_split: int = 1,
+                 checkpoint_every: float | None = None, resume: bool = False, fingerprint_extra: str = "",
+                 **kwargs: Any) -> None:
         from ._coffea import NanoEventsOpener
 
         self.datasets: dict[str, Dataset] = load_fileset(fileset) if not isinstance(fileset, Mapping) or not all(
@@ -197,6 +200,36 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
         self.chunk_size = chunk_size
         self.sizing = dict(initial=initial_chunk_size, target_seconds=target_seconds, max_size=max_chunk_size)
         self.skip_ranges: dict[str, dict[str, list[tuple[int, int]]]] = {}
+        self.schema = schema
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.fingerprint_extra = fingerprint_extra
+
+    def fingerprint(self) -> str:
+        """What decides this run's result: datasets, processors, schema (see ddr._journal)."""
+        from ._journal import fingerprint
+
+        datasets = {name: [[f.path, f.tree, f.steps] for f in ds.files] for name, ds in self.datasets.items()}
+        procs = {name: f"{type(p).__module__}.{type(p).__qualname__}" if hasattr(p, "process")
+                 else getattr(p, "__qualname__", repr(p)) for name, p in self.processors.items()}
+        return fingerprint(datasets=datasets, processors=procs, schema=str(self.schema),
+                           extra=self.fingerprint_extra)
+
+    def _start(self, manager: vinecore.Manager, on_event=None) -> Reduction:
+        from ._journal import Checkpointer, load_checkpoint
+
+        seed = {}
+        if self.resume:
+            if self.run_dir is None:
+                raise DDRError("resume=True needs the run_dir of the run to resume")
+            seed = load_checkpoint(self.run_dir, self.fingerprint())
+            self.skip_ranges = {ds: {p: list(rs) for p, rs in cov.ranges.items()} for ds, (_, cov) in seed.items()}
+        run = super()._start(manager, on_event)
+        if seed:
+            run.resume_from(seed)
+        if self.run_dir is not None and self.checkpoint_every is not None:
+            run.checkpointer = Checkpointer(self.run_dir, self.fingerprint(), self.checkpoint_every)
+        return run
 
     def _sources(self):
         sources, sizers = {}, {}

@@ -79,6 +79,24 @@ class _Pending:
     request: CountRequest | None = None
 
 
+def _pickle_job(job: _worker.Job) -> bytes:
+    """The job's bytes for the workers, or a clear error naming what cannot be shipped."""
+    try:
+        return vinecore._serialize.dumps(job)
+    except Exception as exc:  # noqa: BLE001 - cloudpickle raises many kinds
+        culprit = "the postprocess or reducer callable"
+        for name, proc in job.processors.items():
+            try:
+                vinecore._serialize.dumps(proc)
+            except Exception:  # noqa: BLE001
+                culprit = f"processor {name!r}"
+                break
+        raise DDRError(
+            f"{culprit} cannot be pickled for the workers: {type(exc).__name__}: {exc}. Attributes that hold "
+            "open files, locks, sockets, clients or generators cannot be shipped; create them inside "
+            "process() (or keep only their settings as attributes).") from exc
+
+
 class Reduction:
     """One run of a DynamicDataReduction over a manager. Drive it with ``step``."""
 
@@ -103,7 +121,9 @@ class Reduction:
         self.first_result_at: float | None = None
         self.error: BaseException | None = None
         self.cancelled = False
-        payload = vinecore._serialize.dumps(job)
+        self.seed: dict[str, tuple[Any, Coverage]] = {}  # resumed from a checkpoint
+        self.checkpointer: Any = None  # a ddr._journal.Checkpointer, or None
+        payload = _pickle_job(job)
         lib = manager.create_library_from_functions(
             library_name, _worker.process, _worker.accumulate, _worker.count,
             library_context_info=[_worker.build_context, [payload], {}])
@@ -129,7 +149,37 @@ class Reduction:
                 break
             t = self.m.wait(0)
         self._reduce()
+        if self.checkpointer is not None and self.error is None and not self.cancelled:
+            if self.checkpointer.due() or (self.finished and self.checkpointer.written == 0):
+                self.checkpoint()
         return self.finished
+
+    def resume_from(self, seed: dict[str, tuple[Any, Coverage]]) -> None:
+        """Start from checkpointed partial results (their ranges must be skipped by the sources)."""
+        for ds, (value, cov) in seed.items():
+            if ds in self.ledgers:
+                self.seed[ds] = (value, cov)
+                self.ledgers[ds].events_processed += cov.events
+                self.ledgers[ds].events_resumed = cov.events
+
+    def checkpoint(self) -> None:
+        """Write every dataset's merged live partials and their exact coverage (see ddr._journal)."""
+        state = {}
+        for ds in self.sources:
+            if ds in self.results:
+                state[ds] = (self.results[ds], self.ledgers[ds].final or Coverage(), True)
+                continue
+            value, cov = self.seed.get(ds, (None, Coverage()))
+            live = list(self.pools[ds])
+            for p in self.inflight.values():
+                if p.kind == "accum" and p.dataset == ds:
+                    live.extend(p.inputs)
+            values = [value] if value is not None else []
+            for f, c in live:
+                values.append(self.m.fetch_value(f))
+                cov = cov.merge(c)
+            state[ds] = (_worker.merge_parts(self.job, values) if values else None, cov, False)
+        self.checkpointer.write(state)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -240,6 +290,11 @@ class Reduction:
                 self._finish_dataset(ds, None, Coverage())
 
     def _finish_dataset(self, ds: str, value: Any, cov: Coverage) -> None:
+        if ds in self.seed:
+            seed_value, seed_cov = self.seed[ds]
+            cov = seed_cov.merge(cov)
+            if seed_value is not None:
+                value = seed_value if value is None else _worker.merge_parts(self.job, [seed_value, value])
         led = self.ledgers[ds]
         src = self.sources[ds]
         led.final = cov

@@ -64,6 +64,7 @@ class DatasetLedger:
     files_total: int = 0
     files_bad: list[dict[str, Any]] = field(default_factory=list)
     lost_events: int = 0
+    events_resumed: int = 0  # taken from a checkpoint instead of processed in this run
     final: Coverage | None = None
     complete: bool = False
     error: str | None = None
@@ -92,6 +93,7 @@ class DatasetLedger:
         return {
             "events_expected": self.events_expected,
             "events_processed": self.final.events if self.final else 0,
+            "events_resumed": self.events_resumed,
             "complete": self.complete,
             "chunks_done": self.chunks_done,
             "chunks_failed": self.chunks_failed,

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import vinecore
 
-__all__ = ["Job", "build_context", "process", "accumulate", "count", "LIBRARY"]
+__all__ = ["Job", "build_context", "process", "accumulate", "merge_parts", "count", "LIBRARY"]
 
 LIBRARY = "ddr"
 
@@ -63,7 +63,11 @@ def process(item: Any) -> dict[str, Any]:
 
 
 def accumulate(*parts: dict[str, Any]) -> dict[str, Any]:
-    job = _job()
+    return merge_parts(_job(), parts)
+
+
+def merge_parts(job: Job, parts: Any) -> dict[str, Any]:
+    """Merge ``{processor: partial}`` dicts with the job's reducer (also used on the manager)."""
     out: dict[str, Any] = {}
     for name in job.processors:
         values = [p[name] for p in parts if p is not None and name in p]

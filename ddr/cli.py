@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--accumulation-size", type=int, default=8, metavar="K", help="partials merged per accumulation task")
     r.add_argument("--skip-bad-files", action="store_true", help="record unreadable input and go on")
     r.add_argument("--report", metavar="REPORT.json", help="write the run report")
-    r.add_argument("--run-dir", metavar="DIR", help="keep logs and the transactions log here")
+    r.add_argument("--run-dir", metavar="DIR",
+                   help="logs, transactions log and checkpoints (default: .ddr/runs/<digest of the command>)")
+    r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+                   help="seconds between checkpoints of the partial results (default 60; 0: after every step)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its run directory's checkpoint; only unfinished work is redone")
     r.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     r.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address (tcp:// or tls://); implies --engine dask")
     r.add_argument("--scheduler-file", metavar="FILE", help="dask scheduler file; implies --engine dask")
@@ -77,6 +82,13 @@ def dask_engine_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         options["security"] = Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert,
                                        tls_client_key=args.tls_key, require_encryption=True)
     return engine, options
+
+
+def _analysis_digest(path: str, processor: str | None) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16] + f":{processor or ''}"
 
 
 def _err(msg: str) -> None:
@@ -120,7 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         datasets, proc, schema=args.schema, chunk_size=args.chunk_size, initial_chunk_size=args.initial_chunk_size,
         target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
         cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
-        skip_bad_files=args.skip_bad_files, engine_options=engine_options)
+        skip_bad_files=args.skip_bad_files, engine_options=engine_options,
+        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        fingerprint_extra=_analysis_digest(args.analysis, args.processor))
+    if ddr.run_dir is None:
+        ddr.run_dir = os.path.join(".ddr", "runs", ddr.fingerprint())
     progress = make_progress(args.quiet)
     status = 0
     result: Any = None

@@ -1,0 +1,250 @@
+"""Nothing lost: truncated files, memory-hog chunks split until they fit, growing chunk sizes,
+bad user code, and a ``ddr run`` killed with SIGKILL then resumed from its checkpoint.
+
+Every test that completes a dataset checks that the report's processed events equal the
+fileset's total, and compares histograms with a clean run bin for bin.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import hist
+import pytest
+from coffea.util import load
+
+from tests.conftest import ANALYSES, DATASETS, SAMPLES
+
+pytestmark = pytest.mark.slow
+
+DIMUON = (ANALYSES / "dimuon.py").read_text()
+
+
+def ddr(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ddr.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def _generate(out, **kw):
+    spec = importlib.util.spec_from_file_location("ddr_datasets_generate", DATASETS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.generate(out, **kw)
+
+
+def _same(a, b, where="output"):
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys differ: {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, hist.Hist):
+        assert a == b, f"{where}: histograms differ"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _analysis(tmp_path, name, body):
+    """The dimuon analysis plus a subclass; the file is shipped to the workers by value."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(DIMUON + "\n\n" + body)
+    return path
+
+
+# ----------------------------------------------------------- bad input files
+@pytest.fixture
+def truncated(tmp_path):
+    data = (SAMPLES / "nano_dy.root").read_bytes()
+    bad = tmp_path / "nano_dy_truncated.root"
+    bad.write_bytes(data[: len(data) // 2])
+    fileset = tmp_path / "truncated.json"
+    fileset.write_text(json.dumps({"DY": {"files": {str(bad): "Events", str(SAMPLES / "nano_dimuon.root"): "Events"}}}))
+    return fileset, bad
+
+
+def test_truncated_file_stops_the_run_with_its_name(truncated, tmp_path):
+    fileset, bad = truncated
+    r = ddr("run", ANALYSES / "dimuon.py", "--datasets", fileset, "--quiet", "--workers", "1",
+            "--run-dir", tmp_path / "run")
+    assert r.returncode == 1
+    assert str(bad) in r.stderr and "truncated" in r.stderr and "Events" in r.stderr
+    assert "--skip-bad-files" in r.stderr  # the fix is suggested
+
+
+def test_truncated_file_skipped_and_reported(truncated, tmp_path):
+    fileset, bad = truncated
+    rep = tmp_path / "r.json"
+    r = ddr("run", ANALYSES / "dimuon.py", "--datasets", fileset, "--quiet", "--workers", "1",
+            "--skip-bad-files", "--report", rep, "-o", tmp_path / "out.coffea", "--run-dir", tmp_path / "run")
+    assert r.returncode == 1, r.stderr  # finished, but incomplete
+    assert "incomplete datasets: DY" in r.stderr
+    d = json.loads(rep.read_text())["datasets"]["DY"]
+    assert not d["complete"]
+    assert d["events_processed"] == 40  # all of nano_dimuon.root, nothing of the truncated file
+    assert [b["file"] for b in d["bad_files"]] == [str(bad)]
+    assert "truncated" in d["bad_files"][0]["error"]
+    out = load(tmp_path / "out.coffea")
+    assert out["DY"]["cutflow"]["DY/all"] == 40
+
+
+# ------------------------------------------------------ memory-hog chunks
+HOG = '''
+import numpy as _np
+
+
+class HogDimuon(DimuonProcessor):
+    """Needs 8 MB per event: chunks over ~35 events exceed a 300 MB allocation."""
+
+    def process(self, events):
+        block = _np.ones(len(events) * 1_000_000)  # 8 MB per event, touched
+        block[::4096] = 2.0
+        del block
+        return super().process(events)
+'''
+
+
+def test_memory_hog_chunk_is_split_until_it_fits(tmp_path):
+    analysis = _analysis(tmp_path, "hog", HOG)
+    common = ["--datasets", DATASETS / "samples.json", "--quiet", "--workers", "2", "--chunk-size", "200",
+              "--initial-chunk-size", "200"]
+    clean = ddr("run", ANALYSES / "dimuon.py", *common, "-o", tmp_path / "clean.coffea",
+                "--report", tmp_path / "clean.json", "--run-dir", tmp_path / "run-clean")
+    assert clean.returncode == 0, clean.stderr
+    r = ddr("run", analysis, "--processor", "HogDimuon", *common, "--memory", "300", "-o", tmp_path / "hog.coffea",
+            "--report", tmp_path / "hog.json", "--run-dir", tmp_path / "run-hog")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "hog.json").read_text())
+    tt = report["datasets"]["TTbar"]
+    assert tt["complete"] and tt["events_processed"] == tt["events_expected"] == 200
+    # 200 events -> 100 -> 50 -> 25: three levels of halving, every split recorded
+    assert len(tt["splits"]) >= 3 and all(s["reason"] == "resource exhaustion" for s in tt["splits"])
+    sizes = sorted(s["stop"] - s["start"] for s in tt["splits"])
+    assert sizes[0] <= 50 and sizes[-1] == 200
+    eg = report["datasets"]["EGamma2023"]
+    assert eg["complete"] and eg["events_processed"] == 1000 and len(eg["splits"]) >= 5
+    for ds, d in report["datasets"].items():
+        assert d["complete"] and d["events_processed"] == d["events_expected"], ds
+    _same(load(tmp_path / "clean.coffea"), load(tmp_path / "hog.coffea"))
+
+
+# ----------------------------------------------------- adaptive chunk sizes
+def test_chunk_sizes_grow_from_the_initial_size(tmp_path):
+    fileset = _generate(tmp_path / "data", files=1, events_per_file=400_000, chunk=100_000, seed=5)
+    rep = tmp_path / "r.json"
+    r = ddr("run", ANALYSES / "dimuon.py", "--datasets", fileset, "--quiet", "--workers", "2",
+            "--initial-chunk-size", "2000", "--target-seconds", "2", "--report", rep, "--run-dir", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(rep.read_text())["datasets"]["Synthetic"]
+    assert d["complete"] and d["events_processed"] == 400_000
+    sizes = d["chunk_sizes"]
+    assert sizes["first"][0] == 2000 and sizes["min"] <= 2000
+    assert sizes["max"] >= 8 * 2000, sizes  # grew toward the 2 s target
+    assert sizes["count"] < 400_000 // 2000  # far fewer chunks than at the initial size
+
+
+# --------------------------------------------------------- bad user code
+RAISES = '''
+
+class Broken(DimuonProcessor):
+    def process(self, events):
+        if len(events) and events.metadata["dataset"] == "TTbar":
+            raise ZeroDivisionError("cut value is zero in my_selection")
+        return super().process(events)
+'''
+
+UNPICKLABLE = '''
+import threading as _threading
+
+
+class HoldsALock(DimuonProcessor):
+    def __init__(self):
+        self.lock = _threading.Lock()
+'''
+
+
+def test_processor_error_names_chunk_and_shows_remote_traceback(tmp_path):
+    analysis = _analysis(tmp_path, "broken", RAISES)
+    r = ddr("run", analysis, "--processor", "Broken", "--datasets", DATASETS / "samples.json", "--quiet",
+            "--workers", "1", "--run-dir", tmp_path / "run")
+    assert r.returncode == 1
+    err = r.stderr
+    assert "ZeroDivisionError" in err and "cut value is zero" in err
+    assert "nano_tt_v12.root" in err and "TTbar" in err and "entries: 0-200" in err  # file, dataset, range
+    assert "remote traceback" in err and "in process" in err  # down to the processor's frame
+
+
+@pytest.mark.timeout(120)
+def test_unpicklable_processor_fails_at_submit(tmp_path):
+    analysis = _analysis(tmp_path, "lock", UNPICKLABLE)
+    r = ddr("run", analysis, "--processor", "HoldsALock", "--datasets", DATASETS / "samples.json", "--quiet",
+            "--workers", "1", "--run-dir", tmp_path / "run", timeout=100)
+    assert r.returncode != 0
+    assert "HoldsALock" in r.stderr and "pickle" in r.stderr and "lock" in r.stderr.lower(), r.stderr
+
+
+# ------------------------------------------------------------------ resume
+SLOW = '''
+import time as _time
+
+
+class SlowDimuon(DimuonProcessor):
+    def process(self, events):
+        _time.sleep(0.25)
+        return super().process(events)
+'''
+
+
+def test_sigkill_then_resume_gives_the_clean_output(tmp_path):
+    fileset = _generate(tmp_path / "data", files=2, events_per_file=200_000, chunk=100_000, seed=11)
+    analysis = _analysis(tmp_path, "slow", SLOW)
+    common = [analysis, "--processor", "SlowDimuon", "--datasets", fileset, "--quiet", "--workers", "2",
+              "--chunk-size", "10000", "--accumulation-size", "4"]
+    clean = ddr("run", *common, "-o", tmp_path / "clean.coffea", "--report", tmp_path / "clean.json",
+                "--run-dir", tmp_path / "run-clean")
+    assert clean.returncode == 0, clean.stderr
+
+    run_dir = tmp_path / "run"
+    args = [*common, "-o", tmp_path / "out.coffea", "--report", tmp_path / "out.json", "--run-dir", run_dir,
+            "--checkpoint-every", "0.5"]
+    first = subprocess.Popen([sys.executable, "-m", "ddr.cli", "run", *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = run_dir / "checkpoint.pkl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        if checkpoint.exists() and time.monotonic() - checkpoint.stat().st_mtime < 5:
+            time.sleep(1.0)  # let a few more checkpoints pass
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the run finished before it could be killed; make it longer"
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    assert not (tmp_path / "out.coffea").exists()
+
+    resumed = ddr("run", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _same(load(tmp_path / "clean.coffea"), load(tmp_path / "out.coffea"))
+    d = json.loads((tmp_path / "out.json").read_text())["datasets"]["Synthetic"]
+    assert d["complete"] and d["events_processed"] == d["events_expected"] == 400_000
+    assert 0 < d["events_resumed"] < 400_000  # less than a full reprocessing
+    assert d["chunks_done"] < 40  # this run processed only what the checkpoint lacked
+
+
+def test_resume_refuses_another_runs_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    ok = ddr("run", ANALYSES / "dimuon.py", "--datasets", DATASETS / "samples.json", "--quiet", "--workers", "1",
+             "--run-dir", run_dir)
+    assert ok.returncode == 0, ok.stderr
+    other = ddr("run", ANALYSES / "jets.py", "--datasets", DATASETS / "samples.json", "--quiet", "--workers", "1",
+                "--run-dir", run_dir, "--resume")
+    assert other.returncode != 0 and "different run" in other.stderr
+    again = ddr("run", ANALYSES / "dimuon.py", "--datasets", DATASETS / "samples.json", "--quiet", "--workers", "1",
+                "--run-dir", run_dir, "--resume", "--report", tmp_path / "r.json")
+    assert again.returncode == 0, again.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert all(d["events_resumed"] == d["events_expected"] == d["events_processed"] for d in rep["datasets"].values())
