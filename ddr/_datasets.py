@@ -13,9 +13,11 @@ Policy:
 * Relative paths resolve against the JSON file's folder (or ``base_dir``, by
   default the working directory, for a dict); anything containing ``://`` is
   a URL and is kept as given.
-* ``steps`` must cover ``[0, num_entries)`` exactly, without gaps or overlaps:
-  ddr reduces whole files, and a file listed twice in a dataset is an error,
-  so every event is counted once.
+* ``steps`` are the entry ranges to process: they must not overlap and must
+  stay inside ``[0, num_entries)``; gaps are allowed (such a fileset asks for
+  part of a file, as the failed-chunks fileset that ``ddr run`` writes does),
+  and the events expected are the sum of the steps. A file listed twice in a
+  dataset is an error, so every event is counted once.
 * Dataset keys ``format`` (must be "root"), ``compressed_form``, ``form`` and
   ``did`` are accepted and ignored; any other unknown key, in a dataset or in
   a file entry, is an error that names the nearest valid key.
@@ -53,6 +55,13 @@ class FileSpec:
     num_entries: int | None = None
     uuid: str | None = None
     steps: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def events(self) -> int | None:
+        """Events to process: the sum of ``steps`` when given, else ``num_entries``."""
+        if self.steps is not None:
+            return sum(b - a for a, b in self.steps)
+        return self.num_entries
 
 
 @dataclass(frozen=True)
@@ -296,15 +305,13 @@ class _Loader:
             fail("steps is empty")
         pos = 0
         for a, b in pairs:
-            if a > pos:
-                fail(f"steps leave entries [{pos}, {a}) uncovered; ddr processes whole files")
             if a < pos:
                 fail(f"step [{a}, {b}] overlaps the previous steps, which end at {pos}; those entries "
                      "would be counted twice")
             pos = b
-        if n is not None and pos != n:
+        if n is not None and pos > n:
             fail(f"steps end at {pos} but num_entries is {n}")
-        return tuple(pairs), pos
+        return tuple(pairs), pos if n is None else n
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._planning import Chunk, coverage_gaps, merge_ranges
 
-__all__ = ["Coverage", "DoubleCountError", "DatasetLedger"]
+__all__ = ["Coverage", "DoubleCountError", "DatasetLedger", "failed_fileset"]
 
 
 class DoubleCountError(RuntimeError):
@@ -104,3 +104,30 @@ class DatasetLedger:
                             "max": max(sizes, default=None), "count": len(sizes)},
             "error": self.error,
         }
+
+
+def failed_fileset(report_datasets: dict[str, dict[str, Any]],
+                   metadata: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a run could not process, as a coffea fileset that ``ddr run`` accepts.
+
+    Failed chunks become ``steps`` of their file (coffea's preprocessed
+    dialect; the ranges are disjoint, so redoing them cannot count an event
+    twice); files that could not be opened at all are listed whole.
+    """
+    out: dict[str, Any] = {}
+    for ds, rep in report_datasets.items():
+        files: dict[str, Any] = {}
+        for c in rep.get("failed_chunks", []):
+            if "file" not in c:
+                continue
+            entry = files.setdefault(c["file"], {"object_path": c["tree"], "steps": []})
+            entry["steps"].append([c["start"], c["stop"]])
+        for b in rep.get("bad_files", []):
+            files[b["file"]] = b["tree"]
+        for entry in files.values():
+            if isinstance(entry, dict):
+                entry["steps"] = [list(r) for r in merge_ranges([tuple(x) for x in entry["steps"]])]
+        if files:
+            meta = {k: v for k, v in metadata.get(ds, {}).items() if k != "dataset"}
+            out[ds] = {"files": files, "metadata": meta} if meta else {"files": files}
+    return out

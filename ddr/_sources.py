@@ -112,7 +112,7 @@ class FilesetSource(_Requeue):
         self._counting = 0
         self._chunks: Iterator[Chunk] | None = None
         self._skip = skip
-        self.known_entries = sum(f.num_entries for f in dataset.files if f.num_entries is not None)
+        self.known_entries = sum(f.events for f in dataset.files if f.num_entries is not None)
         self.unknown_files = sum(1 for f in dataset.files if f.num_entries is None)
         self.failed_files: list[FileSpec] = []
 
@@ -168,7 +168,13 @@ class FilesetSource(_Requeue):
     def _plan_gaps(self, f: FileSpec, done: list[tuple[int, int]]) -> Iterator[Chunk]:
         from ._planning import coverage_gaps
 
-        for start, stop in coverage_gaps(f.num_entries or 0, done):
-            sub = FileSpec(f.path, f.tree, stop - start, f.uuid, None)
-            for c in iter_file_chunks(sub, self.dataset.name, self.sizer.next_size):
-                yield Chunk(c.dataset, c.path, c.tree, c.start + start, c.stop + start, c.uuid)
+        wanted = f.steps if f.steps is not None else ((0, f.num_entries or 0),)
+        for a, b in wanted:
+            inside = [(max(s, a) - a, min(e, b) - a) for s, e in done if s < b and e > a]
+            for start, stop in ((s + a, e + a) for s, e in coverage_gaps(b - a, inside)):
+                yield from self._cut(f, start, stop)
+
+    def _cut(self, f: FileSpec, start: int, stop: int) -> Iterator[Chunk]:
+        sub = FileSpec(f.path, f.tree, stop - start, f.uuid, None)
+        for c in iter_file_chunks(sub, self.dataset.name, self.sizer.next_size):
+            yield Chunk(c.dataset, c.path, c.tree, c.start + start, c.stop + start, c.uuid)

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--accumulation-size", type=int, default=8, metavar="K", help="partials merged per accumulation task")
     r.add_argument("--skip-bad-files", action="store_true", help="record unreadable input and go on")
     r.add_argument("--report", metavar="REPORT.json", help="write the run report")
+    r.add_argument("--failed-fileset", metavar="FILE.json",
+                   help="where to write what could not be processed, as a fileset to redo "
+                        "(default: RUN_DIR/failed.json, written only when something failed)")
     r.add_argument("--run-dir", metavar="DIR",
                    help="logs, transactions log and checkpoints (default: .ddr/runs/<digest of the command>)")
     r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
@@ -167,6 +170,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             else round(ddr.last_run.first_result_at - t_start, 3))
         report["analysis"] = os.path.abspath(args.analysis)
         report["fileset"] = os.path.abspath(args.datasets)
+    failed_path = None
+    if report is not None and error is None:
+        from ._ledger import failed_fileset
+
+        failed = failed_fileset(report["datasets"], {n: dict(d.metadata) for n, d in ddr.datasets.items()})
+        if failed:
+            failed_path = os.path.abspath(args.failed_fileset or os.path.join(ddr.run_dir, "failed.json"))
+            os.makedirs(os.path.dirname(failed_path), exist_ok=True)
+            with open(failed_path, "w") as f:
+                json.dump(failed, f, indent=2)
+            report["failed_fileset"] = failed_path
     if args.report and report is not None:
         with open(args.report, "w") as f:
             json.dump(report, f, indent=2, default=str)
@@ -180,6 +194,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report is not None and not report["complete"]:
         bad = [ds for ds, d in report["datasets"].items() if not d["complete"]]
         _err(f"incomplete datasets: {', '.join(bad)} (see the report for failed chunks)")
+        if failed_path:
+            _err(f"what failed is in {failed_path}; once the input is fixed, redo just that with: "
+                 f"ddr run {args.analysis} --datasets {failed_path}")
         status = 1
     if not args.quiet:
         _summary(report)

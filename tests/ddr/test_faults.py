@@ -91,6 +91,40 @@ def test_truncated_file_skipped_and_reported(truncated, tmp_path):
     out = load(tmp_path / "out.coffea")
     assert out["DY"]["cutflow"]["DY/all"] == 40
 
+    # the failed input is written as a fileset; once the file is repaired, redoing it completes the dataset
+    failed = json.loads((tmp_path / "r.json").read_text())["failed_fileset"]
+    assert failed in r.stderr
+    assert json.loads(open(failed).read()) == {"DY": {"files": {str(bad): "Events"}}}
+    shutil.copyfile(SAMPLES / "nano_dy.root", bad)
+    redo = ddr("run", ANALYSES / "dimuon.py", "--datasets", failed, "--quiet", "--workers", "1",
+               "-o", tmp_path / "redo.coffea", "--report", tmp_path / "redo.json", "--run-dir", tmp_path / "run2")
+    assert redo.returncode == 0, redo.stderr
+    clean = ddr("run", ANALYSES / "dimuon.py", "--datasets", fileset, "--quiet", "--workers", "1",
+                "-o", tmp_path / "clean.coffea", "--run-dir", tmp_path / "run3")
+    assert clean.returncode == 0, clean.stderr
+    from coffea.processor import accumulate
+
+    _same(load(tmp_path / "clean.coffea"), accumulate([out, load(tmp_path / "redo.coffea")]))
+    assert json.loads((tmp_path / "redo.json").read_text())["datasets"]["DY"]["events_processed"] == 40
+
+
+def test_failed_chunks_become_steps_of_a_fileset_that_runs(tmp_path):
+    """A chunk that fails (here: the schema rejects the file's content) is written as steps."""
+    rep = tmp_path / "r.json"
+    r = ddr("run", ANALYSES / "dimuon.py", "--datasets", DATASETS / "bad/schema_rejected.json", "--quiet",
+            "--workers", "1", "--skip-bad-files", "--report", rep, "--failed-fileset", tmp_path / "f.json",
+            "--chunk-size", "1", "--initial-chunk-size", "1", "--run-dir", tmp_path / "run")
+    assert r.returncode == 1
+    failed = json.loads((tmp_path / "f.json").read_text())
+    (path, entry), = failed["Mixed"]["files"].items()
+    assert path.endswith("missing_luminosityBlock.root")
+    assert entry == {"object_path": "Events", "steps": [[0, 2]]}  # two 1-event chunks, merged
+    again = ddr("run", ANALYSES / "dimuon.py", "--datasets", tmp_path / "f.json", "--quiet", "--workers", "1",
+                "--skip-bad-files", "--report", tmp_path / "again.json", "--run-dir", tmp_path / "run2")
+    assert again.returncode == 1  # still rejected, and still named
+    d = json.loads((tmp_path / "again.json").read_text())["datasets"]["Mixed"]
+    assert d["events_expected"] == 2 and d["events_processed"] == 0
+
 
 # ------------------------------------------------------ memory-hog chunks
 HOG = '''
