@@ -394,6 +394,11 @@ def _partial_snapshot(ddr: DynamicDataReduction, run: Reduction) -> dict[str, tu
                                           if p.kind == "accum" and p.dataset == ds for inp in p.inputs]
             parts = [run.m.fetch_value(f) for f, _ in held]
             events = sum(c.events for _, c in held)
+            if ds in run.seed:  # resumed from a checkpoint
+                seed_value, seed_cov = run.seed[ds]
+                if seed_value is not None:
+                    parts.append(seed_value)
+                events += seed_cov.events
             value = None
             if parts:
                 value = {name: functools.reduce(ddr.reducer, [p[name] for p in parts]) for name in ddr.processors}
