@@ -41,7 +41,16 @@ __all__ = [
     "TreeNotFound",
     "accumulate_pair",
     "load_fileset",
+    "plot",
     "write_fileset",
 ]
+
+
+def __getattr__(name: str):
+    if name == "plot":  # matplotlib is optional and slow to import: load it on first use
+        from .plotting import plot
+
+        return plot
+    raise AttributeError(f"module 'ddr' has no attribute {name!r}")
 
 __version__ = "0.1.0"

@@ -67,7 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     pp.add_argument("--skip-bad-files", action="store_true")
 
+    pl = sub.add_parser("plot", help="plot a histogram of a ddr run's output (needs ddr-hep[plot])",
+                        description="Draw one histogram of OUT.coffea, one line per dataset (or stacked).")
+    pl.add_argument("result", metavar="OUT.coffea", help="file written by ddr run -o")
+    pl.add_argument("--hist", metavar="NAME", help="which histogram (default: the first by name)")
+    pl.add_argument("--dataset", metavar="NAME", action="append", help="only this dataset (repeatable)")
+    pl.add_argument("--stack", action="store_true", help="stack the datasets instead of overlaying them")
+    pl.add_argument("--log", action="store_true", help="logarithmic y axis")
+    pl.add_argument("-o", "--output", required=True, metavar="PLOT.png")
+
     return p
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.result):
+        _err(f"{args.result} does not exist; write it with: ddr run ANALYSIS.py --datasets FILE.json -o {args.result}")
+        return 2
+    try:
+        from .plotting import main_plot
+
+        main_plot(args.result, args.hist, args.dataset, args.stack, args.output, log=args.log)
+    except (KeyError, ValueError, TypeError, ImportError) as exc:
+        _err(str(exc).strip("'\""))
+        return 2
+    print(f"ddr: wrote {args.output}", file=sys.stderr)
+    return 0
 
 
 def dask_engine_options(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -228,7 +252,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "preprocess": cmd_preprocess}[args.command](args)
+    return {"run": cmd_run, "preprocess": cmd_preprocess, "plot": cmd_plot}[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover
