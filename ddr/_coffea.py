@@ -104,6 +104,9 @@ def _is_read_error(exc: BaseException) -> bool:
 def _open(path: str, options: Mapping[str, Any]) -> Any:
     import uproot
 
+    # Every chunk's baskets are read once, so uproot's per-file array cache (100 MB each) only costs:
+    # filling it grew workers by ~100 MB per file and made the dimuon analysis 25 % slower.
+    options = {"array_cache": None, **options}
     return uproot.open({path: None}, **options)  # dict form: a ':' in the path is not an object path
 
 
