@@ -43,7 +43,7 @@ def main() -> None:
     results = {
         "vinecore": _run("bench_vinecore.py", "--workers", "2"),
         "narrow": _run("bench_throughput.py", "--data-dir", args.data_dir),
-        "wide": _run("bench_throughput.py", "--width", "wide", "--files", "4", "--events-per-file", "500000",
+        "wide": _run("bench_throughput.py", "--width", "wide", "--files", "4", "--events-per-file", "1000000",
                      "--data-dir", args.data_dir),
         "planning": _run("bench_planning.py", "--cache-dir", args.data_dir),
         "overheads": _run("bench_overheads.py"),
