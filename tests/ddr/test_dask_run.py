@@ -5,7 +5,6 @@
   recomputation: the output equals a clean run's and every event is counted once.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,11 +12,11 @@ import subprocess
 import sys
 import time
 
-import hist
 import pytest
 from coffea.util import load
 from distributed import Client
 
+from tests._helpers import assert_same, generate
 from tests.conftest import ANALYSES, DATASETS
 from vinecore.testing import DaskProcesses
 
@@ -26,12 +25,6 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 DDR = [sys.executable, "-m", "ddr.cli"]
 
 
-def _generate(out, **kw):
-    spec = importlib.util.spec_from_file_location("ddr_datasets_generate", DATASETS / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.generate(out, **kw)
 
 
 def _run(args, **kw):
@@ -39,15 +32,6 @@ def _run(args, **kw):
                           timeout=600, **kw)
 
 
-def _same(a, b, where="output"):
-    if isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys differ: {sorted(a)} vs {sorted(b)}"
-        for k in a:
-            _same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, hist.Hist):
-        assert a == b, f"{where}: histograms differ"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def _events(report):
@@ -65,7 +49,7 @@ def test_local_and_dask_give_identical_output(tmp_path):
         dask = _run([*common, "-o", tmp_path / "dask.coffea", "--report", tmp_path / "dask.json",
                      "--scheduler", cluster.address])
     assert dask.returncode == 0, dask.stderr
-    _same(load(tmp_path / "local.coffea"), load(tmp_path / "dask.coffea"))
+    assert_same(load(tmp_path / "local.coffea"), load(tmp_path / "dask.coffea"))
     rl, rd = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "dask"))
     assert _events(rl) == _events(rd)
     assert all(done == expected and complete for done, expected, complete in _events(rd).values())
@@ -73,7 +57,7 @@ def test_local_and_dask_give_identical_output(tmp_path):
 
 
 def test_sigkill_of_a_dask_worker_holding_partials(tmp_path):
-    fileset = _generate(tmp_path / "data", files=2, events_per_file=150_000, chunk=50_000, seed=7)
+    fileset = generate(tmp_path / "data", files=2, events_per_file=150_000, chunk=50_000, seed=7)
     common = [ANALYSES / "dimuon.py", "--datasets", fileset, "--chunk-size", "4000",
               "--initial-chunk-size", "4000", "--accumulation-size", "4"]
     clean = _run([*common, "-o", tmp_path / "clean.coffea", "--report", tmp_path / "clean.json"])
@@ -99,7 +83,7 @@ def test_sigkill_of_a_dask_worker_holding_partials(tmp_path):
         out, err = run.communicate(timeout=600)
     assert killed is not None, "the run ended before a worker could be killed; make it longer"
     assert run.returncode == 0, err
-    _same(load(tmp_path / "clean.coffea"), load(tmp_path / "dask.coffea"))
+    assert_same(load(tmp_path / "clean.coffea"), load(tmp_path / "dask.coffea"))
     report = json.loads((tmp_path / "dask.json").read_text())
     assert _events(report) == _events(json.loads((tmp_path / "clean.json").read_text()))
     assert all(done == expected == 300_000 and complete for done, expected, complete in _events(report).values())
@@ -139,5 +123,5 @@ def test_python_api_with_a_client(tmp_path):
             again = ddr.CoffeaDynamicDataReduction(fileset, proc, engine=client, chunk_size=100).compute()
             assert client.status == "running"
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
-    _same(local, first)
-    _same(local, again)
+    assert_same(local, first)
+    assert_same(local, again)

@@ -1,0 +1,29 @@
+"""Helpers shared by the tests: comparing results bin for bin, generating synthetic NanoAOD."""
+
+import importlib.util
+import sys
+
+import hist
+
+from tests.conftest import DATASETS
+
+
+def assert_same(a, b, where="output"):
+    """Equal results: same keys all the way down, histograms equal bin for bin, other values equal."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys differ: {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, hist.Hist):
+        assert a == b, f"{where}: histograms differ"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def generate(out, **kw):
+    """``datasets/generate.py``'s ``generate(out, **kw)``: a synthetic NanoAOD fileset; returns its path."""
+    spec = importlib.util.spec_from_file_location("ddr_datasets_generate", DATASETS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.generate(out, **kw)
