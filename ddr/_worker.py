@@ -15,7 +15,6 @@ Three functions are served by FunctionCalls:
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 

@@ -24,13 +24,10 @@ from ._events import (
     CancelRequested,
     Complete,
     Dispatch,
-    Event,
     Kill,
     Result,
     TaskSubmitted,
     Transition,
-    WorkerJoined,
-    WorkerRemoved,
 )
 from ._files import File, dumps_collecting_files, file_from_buffer, file_from_path, file_from_url, new_temp
 from ._log import TransactionLog

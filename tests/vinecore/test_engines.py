@@ -1,7 +1,5 @@
 """The vinecore conformance suite (vinecore/testing.py) on every engine."""
 
-import functools
-
 import pytest
 
 import vinecore
