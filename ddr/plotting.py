@@ -1,13 +1,22 @@
 """Plots of ddr results, with hist + mplhep conventions.
 
 ``ddr.plot(result, hist="mass")`` draws one histogram of a result, one line
-(or stacked fill) per dataset, axis labels taken from the histogram. It takes
-whatever ddr gives you: ``compute()`` output (``{dataset: {name: hist}}`` or
-``{processor: {dataset: ...}}``), ``handle.partial()`` mid-run
-(``{dataset: (value, fraction)}``), or the path of a file written by
-``ddr run -o``. The command line is ``ddr plot OUT.coffea -o plot.png``.
+(or stacked fill) per dataset, axis labels taken from the histogram, legend by
+dataset. It takes whatever ddr gives you:
 
-matplotlib and mplhep are optional: ``pip install 'ddr-hep[plot]'``.
+* ``compute()`` / ``handle.result()`` output: ``{dataset: {name: Hist, ...}}``,
+  or ``{processor: {dataset: {...}}}`` with several processors (the histograms
+  are then named ``"processor:name"``);
+* ``handle.partial()`` mid-run: ``{dataset: (value, fraction)}``; the legend
+  says which fraction of each dataset's events the partial covers;
+* the path of a file written by ``ddr run -o`` (read with ``coffea.util.load``).
+
+A ``dataset`` category axis in a histogram (ddr's analyses carry one) is
+reduced to the dataset being drawn; other axes beyond the first are summed
+over. The command line is ``ddr plot OUT.coffea -o plot.png``.
+
+matplotlib and mplhep are optional: ``pip install 'ddr-hep[plot]'``; neither is
+imported before the first plot.
 """
 
 from __future__ import annotations
@@ -15,23 +24,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["plot", "histograms"]
+__all__ = ["plot", "histograms", "main_plot"]
+
+_HINT = "pip install 'ddr-hep[plot]'"
 
 
-def _pyplot():
+def _mpl():
+    """(matplotlib, mplhep or None), with an install hint when matplotlib is missing."""
     try:
         import matplotlib
-
-        if os.environ.get("MPLBACKEND") is None and not os.environ.get("DISPLAY"):
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("plotting needs matplotlib and mplhep: pip install 'ddr-hep[plot]'") from exc
+        raise ImportError(f"ddr.plot needs matplotlib (and mplhep for hist-style plots): {_HINT}") from exc
     try:
         import mplhep
     except ImportError:
         mplhep = None
-    return plt, mplhep
+    return matplotlib, mplhep
 
 
 def _is_hist(x: Any) -> bool:
@@ -40,59 +48,104 @@ def _is_hist(x: Any) -> bool:
     return isinstance(x, hist.Hist)
 
 
-def histograms(result: Any) -> dict[str, dict[str, Any]]:
-    """``{hist name: {dataset: Hist}}`` from any shape of ddr result (see the module doc)."""
+def _load(path: str | os.PathLike) -> Any:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist; write it with: ddr run ANALYSIS.py --datasets FILE.json -o {path}")
+    from coffea.util import load
+
+    try:
+        return load(path)
+    except Exception as exc:  # noqa: BLE001 - lz4, pickle and import errors alike
+        raise ValueError(f"cannot read {path} ({type(exc).__name__}: {exc}); pass a file written by "
+                         "ddr run -o (coffea.util.save)") from exc
+
+
+def _collect(result: Any) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """``{hist name: {dataset: Hist}}`` and ``{dataset: fraction}`` for partial results."""
     if isinstance(result, (str, os.PathLike)):
-        from coffea.util import load
+        result = _load(result)
+    if not isinstance(result, dict):
+        raise TypeError(f"cannot find histograms in a {type(result).__name__}; pass compute() output, "
+                        "handle.partial() or the path of a .coffea file")
+    found: dict[str, dict[str, Any]] = {}
+    fractions: dict[str, float] = {}
 
-        result = load(os.fspath(result))
-    out: dict[str, dict[str, Any]] = {}
+    def unwrap(ds: str, value: Any) -> Any:
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (int, float)):
+            fractions[ds] = float(value[1])  # (partial value, fraction covered)
+            return value[0]
+        return value
 
-    def visit(ds: str, value: Any) -> None:
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], float):
-            value = value[0]  # (partial value, fraction covered)
+    def visit(ds: str, value: Any, prefix: str) -> None:
         if not isinstance(value, dict):
             return
         for name, v in value.items():
             if _is_hist(v):
-                out.setdefault(name, {})[ds] = v
+                found.setdefault(f"{prefix}{name}", {})[ds] = v
             elif isinstance(v, dict) and any(_is_hist(x) for x in v.values()):
-                visit(ds, {f"{name}/{k}": x for k, x in v.items()})
+                visit(ds, v, f"{prefix}{name}/")
 
-    if not isinstance(result, dict):
-        raise TypeError(f"cannot find histograms in a {type(result).__name__}; pass compute() output, "
-                        "handle.partial() or a .coffea file")
+    def per_processor(value: Any) -> bool:
+        # {processor: {dataset: {...}}}: every value is a dict holding no histogram at its own level
+        return (isinstance(value, dict) and bool(value)
+                and all(isinstance(v, (dict, tuple)) for v in value.values())
+                and not any(_is_hist(v) for v in value.values())
+                and any(isinstance(x, dict) and any(_is_hist(h) for h in x.values())
+                        for v in value.values() for x in [v[0] if isinstance(v, tuple) else v]))
+
     for key, value in result.items():
-        inner = value[0] if isinstance(value, tuple) else value
-        if isinstance(inner, dict) and inner and all(isinstance(v, dict) and not _is_hist(v) for v in inner.values()) \
-                and not any(_is_hist(v) for v in inner.values()):
-            # {processor: {dataset: {...}}}: keep the processor in the histogram name
-            for ds, v in inner.items():
-                visit(ds, {f"{key}:{n}": h for n, h in (v.items() if isinstance(v, dict) else [])})
+        if isinstance(value, tuple):
+            value = unwrap(key, value)
+            if per_processor(value):  # a partial with several processors: {dataset: ({processor: ...}, f)}
+                for proc, v in value.items():
+                    visit(key, v, f"{proc}:")
+                continue
+        if per_processor(value):
+            for ds, v in value.items():
+                visit(ds, unwrap(ds, v), f"{key}:")
         else:
-            visit(key, value)
-    return out
+            visit(key, value, "")
+    return found, fractions
+
+
+def histograms(result: Any) -> dict[str, dict[str, Any]]:
+    """``{hist name: {dataset: Hist}}`` from any shape of ddr result (see the module doc)."""
+    return _collect(result)[0]
 
 
 def _one_dimensional(h: Any, dataset: str) -> Any:
-    """Project away a ``dataset`` category axis (ddr's analyses carry one) and keep the first other axis."""
+    """Reduce a ``dataset`` category axis to ``dataset`` (or sum it), then keep the first remaining axis.
+
+    Integer storages are copied to double storage: stacking adds variances, which mplhep cannot do in
+    place on integer arrays."""
+    import hist as hist_
+
     names = [ax.name for ax in h.axes]
     if "dataset" in names and len(names) > 1:
-        cats = list(h.axes["dataset"])
-        if dataset in cats:
-            h = h[{"dataset": dataset}]
-        else:
-            h = h[{"dataset": sum}]
+        h = h[{"dataset": dataset}] if dataset in list(h.axes["dataset"]) else h[{"dataset": sum}]
     if len(h.axes) > 1:
         h = h.project(h.axes[0].name)
+    if h.storage_type in (hist_.storage.Int64, hist_.storage.AtomicInt64):
+        double = hist_.Hist(*h.axes, storage=hist_.storage.Double(), label=h.label, name=h.name)
+        double.view(flow=True)[...] = h.view(flow=True)
+        h = double
     return h
 
 
-def plot(result: Any, hist: str | None = None, dataset: str | list[str] | None = None, *, stack: bool = False,
-         ax: Any = None, density: bool = False):
-    """Draw histogram ``hist`` of ``result`` for each dataset (or those named); returns the axes."""
-    found = histograms(result)
+def plot(result: Any, hist: str | None = None, dataset: str | list[str] | None = None, stack: bool = False,
+         ax: Any = None, *, density: bool = False):
+    """Draw histogram ``hist`` of ``result`` for each dataset (or those named); returns the matplotlib axes.
+
+    ``result``: compute() output, ``handle.partial()``, or a .coffea path. ``hist``: the histogram's name
+    (default: the first by name); with several processors ``"processor:name"``. ``dataset``: one name
+    or a list (default: all that have the histogram). ``stack``: stacked fills instead of overlaid lines.
+    ``ax``: draw into these axes (default: a new figure).
+    """
+    found, fractions = _collect(result)
     if not found:
+        if fractions and all(f == 0 for f in fractions.values()):
+            raise ValueError("no histograms yet: the partial result covers no events so far; try again in a moment")
         raise ValueError("the result holds no histograms to plot")
     if hist is None:
         hist = sorted(found)[0]
@@ -104,32 +157,57 @@ def plot(result: Any, hist: str | None = None, dataset: str | list[str] | None =
     if missing:
         raise KeyError(f"no dataset {', '.join(map(repr, missing))} in histogram {hist!r}; "
                        f"it has: {', '.join(sorted(per_ds))}")
-    plt, mplhep = _pyplot()
+    matplotlib, mplhep = _mpl()
     if ax is None:
+        import matplotlib.pyplot as plt
+
         _, ax = plt.subplots(figsize=(7, 5))
     hs = [_one_dimensional(per_ds[d], d) for d in wanted]
+    labels = [d if fractions.get(d, 1.0) >= 1.0 else f"{d} ({fractions[d]:.0%} of events)" for d in wanted]
     if mplhep is not None:
-        mplhep.histplot(hs, ax=ax, label=wanted, stack=stack, histtype="fill" if stack else "step",
+        mplhep.histplot(hs, ax=ax, label=labels, stack=stack, histtype="fill" if stack else "step",
                         density=density, yerr=False)
-    else:  # plain matplotlib
-        for h, label in zip(hs, wanted):
-            ax.stairs(h.values(), h.axes[0].edges, label=label, fill=stack)
+    else:  # plain matplotlib: the same picture without mplhep's styling
+        import numpy as np
+
+        bottom = 0.0
+        for h, label in zip(hs, labels):
+            edges = h.axes[0].edges
+            values = h.values().astype(float)
+            if density and values.sum() > 0:
+                values = values / (values.sum() * np.diff(edges))
+            top = bottom + values if stack else values
+            ax.stairs(top, edges, baseline=bottom if stack else 0.0, fill=stack, label=label)
+            if stack:
+                bottom = top
     axis = hs[0].axes[0]
     if "log" in repr(getattr(axis, "transform", None)).lower():
         ax.set_xscale("log")
     ax.set_xlabel(axis.label or axis.name)
     ax.set_ylabel("Density" if density else "Entries")
-    ax.set_title(hist)
+    partial = any(f < 1.0 for f in fractions.values())  # some dataset is not fully covered yet
+    ax.set_title(f"{hist} (partial result)" if partial else hist)
     ax.legend(title="dataset")
     return ax
 
 
 def main_plot(path: str, hist: str | None, dataset: list[str] | None, stack: bool, output: str,
               log: bool = False) -> None:
-    """``ddr plot``: write one PNG (or any format matplotlib knows from the suffix)."""
-    ax = plot(path, hist, dataset, stack=stack)
+    """``ddr plot``: write one PNG (or any format matplotlib knows from the suffix), without pyplot."""
+    result = _load(path)
+    if not histograms(result):  # errors about the input come before matplotlib is even imported
+        raise ValueError(f"{path} holds no histograms to plot")
+    _mpl()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 5))
+    FigureCanvasAgg(fig)
+    ax = plot(result, hist, dataset, stack, fig.add_subplot())
     if log:
         ax.set_yscale("log")
-    fig = ax.figure
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
+    try:
+        fig.savefig(output, dpi=120)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot write {output}: {exc}") from exc

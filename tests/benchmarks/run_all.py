@@ -5,7 +5,8 @@
 Runs, each in its own process so that they do not disturb one another's memory figures:
 bench_vinecore (engine overheads), bench_throughput narrow and wide (ddr vs coffea Runner with
 FuturesExecutor vs an uproot floor), bench_planning (10^3..10^6 chunk specs vs dask-awkward graph
-construction) and bench_overheads (no-op chunks, first partial result, warm re-runs). Prints one JSON
+construction), bench_overheads (no-op chunks, first partial result, warm re-runs) and bench_warm
+(cold vs warm first partial through a RunHandle, changed cut, after cancel). Prints one JSON
 document with every figure and the total wall time.
 """
 
@@ -47,6 +48,7 @@ def main() -> None:
                      "--data-dir", args.data_dir),
         "planning": _run("bench_planning.py", "--cache-dir", args.data_dir),
         "overheads": _run("bench_overheads.py"),
+        "warm": _run("bench_warm.py", "--repeats", "3"),
     }
     doc = {"benchmark": "all", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
            "versions": versions("ddr-hep", "coffea", "uproot", "awkward", "dask", "distributed", "numpy"),
