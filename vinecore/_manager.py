@@ -219,6 +219,25 @@ class Manager:
         library.installed = True
         self._libraries[library.name] = library
 
+    def remove_library(self, name: str) -> None:
+        """Uninstall a library: every worker drops its context (calling its ``close()`` if it has one).
+
+        Long sessions that install a library per run (ddr does) remove it at the end of the run, so
+        that the workers do not keep every run's open files and caches. Refused while a submitted
+        FunctionCall to it has not come back from ``wait()``; the name may be installed again after."""
+        self._check_open("remove a library")
+        if name not in self._libraries:
+            raise TaskSubmissionError(f"no library named {name!r} is installed "
+                                      f"(installed: {sorted(self._libraries) or 'none'})")
+        busy = [t.id for t in self._tasks.values()
+                if isinstance(t, FunctionCall) and t.library_name == name and t.result is None]
+        if busy:
+            raise TaskSubmissionError(f"library {name!r} still has {len(busy)} unfinished FunctionCall(s) "
+                                      f"(task ids {busy[:5]}{' ...' if len(busy) > 5 else ''}); wait for them "
+                                      "or cancel them first")
+        self._engine.remove_library(name)
+        self._libraries.pop(name).installed = False
+
     # ---------------------------------------------------------------- tasks
     def submit(self, task: Task) -> int:
         """Queue ``task``; returns its id. Never blocks on workers."""

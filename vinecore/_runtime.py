@@ -268,6 +268,22 @@ class WorkerRuntime:
         finally:
             _current = prev
 
+    def uninstall_library(self, name: str) -> None:
+        """Drop a library and its context (its ``close()`` is called if it has one), then collect."""
+        import gc
+
+        self.libraries.pop(name, None)
+        self.library_errors.pop(name, None)
+        context = self.contexts.pop(name, None)
+        close = getattr(context, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - a failing close must not take the worker down
+                traceback.print_exc()
+        del context, close
+        gc.collect()
+
     # ------------------------------------------------------------------ tasks
     def execute(self, spec: TaskSpec) -> Outcome:
         global _current, _current_library

@@ -54,6 +54,21 @@ def _whoami(i):
     return i, load_variable_from_library("worker"), load_variable_from_library("token")
 
 
+class _ClosableContext(dict):
+    def close(self):
+        _log_line(self["log"], f"closed {self['worker']} {os.getpid()}")
+
+
+def _closable_context(log_path):
+    wid = current_worker().worker_id if current_worker() else "?"
+    _log_line(log_path, f"built {wid} {os.getpid()}")
+    return _ClosableContext(worker=wid, log=log_path)
+
+
+def _ping(i):
+    return i
+
+
 def _make_dict(n):
     return {"n": n, "payload": list(range(n))}
 
@@ -158,6 +173,46 @@ def check_library_context_once_per_worker(make: MakeManager, tmp: str) -> None:
             tokens.setdefault(t.output[1], set()).add(t.output[2])
         assert set(tokens) <= set(builds)
         assert all(len(v) == 1 for v in tokens.values()), f"calls on one worker saw different contexts: {tokens}"
+
+
+def check_remove_library(make: MakeManager, tmp: str) -> None:
+    log = os.path.join(tmp, "library.log")
+
+    def lines(kind):
+        if not os.path.exists(log):
+            return []
+        with open(log) as f:
+            return sorted(line.split(" ", 1)[1] for line in f.read().splitlines() if line.startswith(kind))
+
+    with make(workers=2) as m:
+        lib = m.create_library_from_functions("gone", _ping, _sleep, library_context_info=[_closable_context, [log], {}])
+        m.install_library(lib)
+        for i in range(6):
+            m.submit(FunctionCall("gone", "_ping", i))
+        assert sorted(t.output for t in _drain(m)) == list(range(6))
+        m.submit(FunctionCall("gone", "_sleep", 0.2))
+        try:
+            m.remove_library("gone")
+        except TaskSubmissionError as exc:
+            assert "unfinished" in str(exc), exc
+        else:
+            raise AssertionError("remove_library() accepted a library with a call in flight")
+        assert [t.result for t in _drain(m)] == ["success"]
+        m.remove_library("gone")
+        try:
+            m.submit(FunctionCall("gone", "_ping", 0))
+        except TaskSubmissionError as exc:
+            assert "not installed" in str(exc), exc
+        else:
+            raise AssertionError("a FunctionCall to a removed library was accepted")
+        deadline = time.monotonic() + 30
+        while lines("closed") != lines("built") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lines("built") and lines("closed") == lines("built"), (lines("built"), lines("closed"))
+        m.install_library(m.create_library_from_functions("gone", _ping,
+                                                          library_context_info=[_closable_context, [log], {}]))
+        m.submit(FunctionCall("gone", "_ping", 7))
+        assert [t.output for t in _drain(m)] == [7]
 
 
 def check_temp_between_tasks(make: MakeManager, tmp: str) -> None:

@@ -8,6 +8,8 @@ scheduling decisions of its own beyond placing data.
     bring up workers; return (or later poll) ``WorkerJoined`` events.
 ``install_library(name, payload)``
     ship a pickled :class:`~vinecore.Library` to every current and future worker.
+``remove_library(name)``
+    drop it from every worker (its context's ``close()`` is called) and from future ones.
 ``execute(worker_id, spec)``
     start one attempt on that worker; never blocks on the task.
 ``kill(task_id, worker_id)``
@@ -41,6 +43,8 @@ class Engine(Protocol):
     def start(self) -> list[Event]: ...
 
     def install_library(self, name: str, payload: bytes) -> None: ...
+
+    def remove_library(self, name: str) -> None: ...
 
     def execute(self, worker_id: str, spec: TaskSpec) -> None: ...
 

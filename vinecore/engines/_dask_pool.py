@@ -78,6 +78,12 @@ class Pool:
                 self.libraries.add(name)
                 self.engine.install_library(name, payload)
 
+    def remove_library(self, name: str) -> None:
+        with self.lock:
+            if name in self.libraries:
+                self.libraries.discard(name)
+                self.engine.remove_library(name)
+
     def kill(self, task_id: int, attempt: int) -> None:
         with self.lock:
             self.killed.add((task_id, attempt))
@@ -248,7 +254,10 @@ class LibraryPlugin(WorkerPlugin):
         pool_for(worker, self.run, self.processes).install_library(self.name, self.payload)
 
     def teardown(self, worker: Any) -> None:
-        pass
+        with _POOLS_LOCK:
+            pool = _POOLS.get((worker.address, self.run))
+        if pool is not None:
+            pool.remove_library(self.name)
 
 
 

@@ -2,6 +2,7 @@
 
 It receives pickled messages on the socket inherited from its supervisor:
 ``("library", name, payload)`` installs a library (context built once, here),
+``("unlibrary", name)`` drops it and its context,
 ``("task", spec)`` runs one attempt and answers ``("done", outcome)``.
 End of input ends the process.
 """
@@ -34,6 +35,8 @@ def main(argv: list[str]) -> int:
             send(dumps(("done", runtime.execute(msg[1])), protocol=pickle.HIGHEST_PROTOCOL))
         elif kind == "library":
             runtime.install_library(msg[1], msg[2])
+        elif kind == "unlibrary":
+            runtime.uninstall_library(msg[1])
         elif kind == "stop":
             return 0
 

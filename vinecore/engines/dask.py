@@ -211,6 +211,16 @@ class DaskEngine:
         self.client.register_plugin(LibraryPlugin(self.run, name, payload, self.processes), name=plugin_name)
         self._plugins.append(plugin_name)
 
+    def remove_library(self, name: str) -> None:
+        plugin_name = f"vinecore-{self.run}-lib-{name}"
+        if plugin_name not in self._plugins:
+            return
+        self._plugins.remove(plugin_name)
+        try:  # teardown() on every worker drops the library from its pool
+            self.client.unregister_worker_plugin(plugin_name)
+        except Exception:  # noqa: BLE001 - workers may be gone; their pools went with them
+            pass
+
     def execute(self, worker_id: str, spec: TaskSpec) -> None:
         from ._dask_pool import outcome_of, run_attempt
 

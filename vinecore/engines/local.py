@@ -142,6 +142,13 @@ class LocalEngine:
         for proc in self.procs.values():
             proc.outbox.put(msg)
 
+    def remove_library(self, name: str) -> None:
+        if self.libraries.pop(name, None) is None:
+            return
+        msg = pickle.dumps(("unlibrary", name), protocol=pickle.HIGHEST_PROTOCOL)
+        for proc in self.procs.values():
+            proc.outbox.put(msg)
+
     def execute(self, worker_id: str, spec: TaskSpec) -> None:
         proc = self.procs.get(worker_id)
         if proc is None:

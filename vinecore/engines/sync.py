@@ -52,6 +52,11 @@ class SyncEngine:
         for rt in self.runtimes.values():
             rt.install_library(name, payload)
 
+    def remove_library(self, name: str) -> None:
+        self.libraries.pop(name, None)
+        for rt in self.runtimes.values():
+            rt.uninstall_library(name)
+
     def execute(self, worker_id: str, spec: TaskSpec) -> None:
         self.queue.append((worker_id, spec))
 
