@@ -66,7 +66,9 @@ class DynamicDataReduction:
     preprocess:
         ``spec -> iterable of (item, size)``, run lazily on the manager.
     postprocess:
-        ``item -> input`` of the processors, run on the worker.
+        ``item -> input`` of the processors, run on the worker. It is shipped
+        once per worker and kept for the whole run (cache open files in it);
+        if it has a ``close()`` method, each worker calls it when the run ends.
     reducer:
         ``(a, b) -> merged``; commutative and associative. Default: coffea's
         ``accumulate`` semantics (dicts of hist, numbers, sets, accumulators).
@@ -75,6 +77,8 @@ class DynamicDataReduction:
     manager:
         an open :class:`vinecore.Manager` to reuse (warm workers); otherwise one
         is created with ``engine``, ``workers`` and ``run_dir`` and closed at the end.
+        A reused manager keeps its workers; each run's library (processors,
+        open files) is removed from them when the run ends.
     cores, memory, time_max:
         resources of each processing task (memory in MB, time in s).
     """
@@ -138,6 +142,7 @@ class DynamicDataReduction:
                 progress_interval: float = 0.5) -> dict[str, Any]:
         """Run to the end; ``{dataset: result}`` (one processor) or ``{processor: {dataset: result}}``."""
         m, own = self._open_manager()
+        run = None
         try:
             run = self._start(m)
             last = 0.0
@@ -153,6 +158,8 @@ class DynamicDataReduction:
         finally:
             if own:
                 m.close()
+            elif run is not None:
+                run.close()  # the manager stays: drop this run's library context from its workers
 
     def submit(self) -> "RunHandle":
         """Start without blocking; returns a :class:`RunHandle` (works inside Jupyter)."""
@@ -450,6 +457,7 @@ class RunHandle:
         ddr = self._ddr
         m = None
         own = False
+        run = None
         try:
             m, own = ddr._open_manager()
             run = ddr._start(m)
@@ -485,6 +493,8 @@ class RunHandle:
             try:
                 if own and m is not None:
                     m.close()
+                elif run is not None:
+                    run.close()
             except Exception as exc:  # noqa: BLE001
                 if self._error is None and not self._cancelled:
                     self._error = exc

@@ -128,6 +128,7 @@ class Reduction:
             library_name, _worker.process, _worker.accumulate, _worker.count,
             library_context_info=[_worker.build_context, [payload], {}])
         manager.install_library(lib)
+        self._library_removed = False
 
     # ----------------------------------------------------------- driving
     @property
@@ -181,6 +182,18 @@ class Reduction:
             state[ds] = (_worker.merge_parts(self.job, values) if values else None, cov, False)
         self.checkpointer.write(state)
 
+    def close(self) -> None:
+        """Uninstall this run's library: the workers drop its context (open files, schemas, the
+        processors), so a manager kept for more runs does not hold every earlier run's. Idempotent;
+        a no-op if calls are still in flight or the manager is closed."""
+        if self._library_removed:
+            return
+        self._library_removed = True
+        try:
+            self.m.remove_library(self.lib)
+        except (vinecore.TaskSubmissionError, vinecore.ManagerClosedError):
+            pass
+
     def cancel(self) -> None:
         self.cancelled = True
         for tid in list(self.inflight):
@@ -212,8 +225,11 @@ class Reduction:
         if budget <= 0:
             return
         now = time.monotonic()
+        workers = self.m.statistics().workers
         for ds in self.order:
             src = self.sources[ds]
+            if hasattr(src, "spread"):
+                src.spread = max(1, workers)  # cut as many files at once as there are workers
             while budget > 0:
                 got = src.next(now)
                 if got is None:

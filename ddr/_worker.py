@@ -33,6 +33,12 @@ class Job:
     cores: int = 1
     coffea: bool = False
 
+    def close(self) -> None:
+        """Called by vinecore when the run's library is removed: close the open files."""
+        close = getattr(self.postprocess, "close", None)
+        if callable(close):
+            close()
+
 
 def build_context(payload: bytes) -> Job:
     import dask
@@ -75,9 +81,11 @@ def merge_parts(job: Job, parts: Any) -> dict[str, Any]:
 
 
 def count(path: str, tree: str) -> tuple[int, str | None]:
-    from ._coffea import count_entries
+    from ._coffea import NanoEventsOpener, count_entries
 
     job = _job()
+    if isinstance(job.postprocess, NanoEventsOpener):
+        return job.postprocess.count(path, tree)  # keeps the file open for its chunks
     options = getattr(job.postprocess, "uproot_options", None)
     return count_entries(path, tree, options)
 

@@ -251,6 +251,43 @@ def test_warm_rerun_uses_the_same_worker_processes(manager, reference):
     _same({ds: {k: v for k, v in r.items() if k != "pids"} for ds, r in out.items()}, reference)
 
 
+class ClosingPostprocess:
+    """A postprocess that leaves a mark when its worker closes it (as the coffea opener closes its files)."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def __call__(self, item):
+        return item
+
+    def close(self):
+        open(os.path.join(self.directory, f"closed-{os.getpid()}"), "w").close()
+
+
+def _numbers(spec):
+    for i in range(spec["n"]):
+        yield i, 1
+
+
+@pytest.mark.timeout(180)
+def test_a_finished_run_closes_its_context_on_the_kept_workers(manager, tmp_path):
+    run = ddr.DynamicDataReduction({"ds": {"n": 40}}, lambda x: {"sum": x, "pids": {os.getpid()}},
+                                   preprocess=_numbers, postprocess=ClosingPostprocess(str(tmp_path)),
+                                   manager=manager)
+    out = run.compute()
+    assert out["ds"]["sum"] == sum(range(40))
+    workers = _worker_pids()
+    assert out["ds"]["pids"] <= workers
+    closed = set()
+    deadline = time.monotonic() + 20
+    while closed != workers and time.monotonic() < deadline:  # every worker built the context at install
+        closed = {int(p.name.split("-")[1]) for p in tmp_path.glob("closed-*")}
+        time.sleep(0.05)
+    assert closed == workers, "the workers kept the finished run's library context (open files, caches)"
+    again = ddr.CoffeaDynamicDataReduction(SAMPLES_JSON, DimuonProcessor(), manager=manager).submit()
+    assert again.result(timeout=120)  # the manager serves the next run as before
+
+
 @pytest.mark.timeout(180)
 def test_cancel_stops_promptly_and_the_engine_stays_usable(manager, reference, expected_events):
     total = sum(expected_events.values())
