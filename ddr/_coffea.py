@@ -16,9 +16,12 @@ whole run, so its caches persist from chunk to chunk:
 * ``freeze_gc``: an open 2000-branch file and its schema are a few hundred
   thousand long-lived Python objects, and every full garbage collection scans
   them again (pauses of 0.1 to 0.5 s, measured). After building a file's
-  schema the opener collects once and moves the live objects out of the
-  collector's sight (``gc.freeze``); the next new file first unfreezes, so
-  closed files are still reclaimed.
+  schema the opener moves the live objects out of the collector's sight
+  (``gc.freeze``). Closed files are reclaimed by an unfreeze and a full
+  collection once half of ``max_open_files`` have been closed since the last
+  one: collecting at every new file would scan every open file each time
+  (0.1 s per new file with a few wide files open, measured), and closed
+  files are few between two collections.
 
 Errors met while opening or reading input become
 :class:`~ddr.exceptions.BadInputError` (with dataset, file, tree, entry
@@ -185,6 +188,7 @@ class NanoEventsOpener:
         self._files: OrderedDict[str, tuple[Any, dict[str, _Tree]]] = OrderedDict()
         self._lock = threading.RLock()
         self.opens = self.schemas_built = self.chunks = 0
+        self._closed_since_collect = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()
@@ -213,6 +217,14 @@ class NanoEventsOpener:
         entry = self._files.pop(path, None)
         if entry is not None:
             entry[0].close()
+            self._closed_since_collect += 1
+
+    def count(self, path: str, tree: str) -> tuple[int, str]:
+        """``(num_entries, uuid)`` like :func:`count_entries`, leaving the file open for the chunks that
+        follow (the manager sends them to this worker first): a wide file is then opened once per worker,
+        not once to count it and again to process it."""
+        t = self._tree(path, tree, None, None, None)
+        return int(t.tree.num_entries), str(t.tree.file.uuid)
 
     def open_tree(self, path: str, tree: str, *, dataset: str | None = None, start: int | None = None,
                   stop: int | None = None) -> Any:
@@ -295,8 +307,10 @@ class NanoEventsOpener:
                                      "--skip-bad-files to continue without it") from exc
         self.schemas_built += 1
         if self.freeze_gc:
-            gc.unfreeze()  # let what earlier freezes kept (closed files) be collected now
-            gc.collect()
+            if self._closed_since_collect >= max(1, self.max_open_files // 2):
+                gc.unfreeze()  # let what earlier freezes kept (closed files) be collected now
+                gc.collect()
+                self._closed_since_collect = 0
             gc.freeze()
         return schema
 

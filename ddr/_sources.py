@@ -95,9 +95,15 @@ class FilesetSource(_Requeue):
     """Cuts a coffea dataset's files into :class:`~ddr._planning.Chunk` work, lazily.
 
     Files without ``num_entries`` are counted on the workers, at most
-    ``lookahead`` at a time, while chunks of counted files are handed out.
+    ``max(lookahead, spread)`` at a time, while chunks of counted files are handed out.
     ``skip`` gives, per file path, entry ranges already done (resume): only the
     gaps are planned.
+
+    Chunks come from ``spread`` files at once, in turn (the driver sets it to the
+    number of workers). With chunks of several files waiting, each worker can
+    take one of a file it already has open (vinecore's locality preference),
+    instead of every worker opening the one file being cut: a wide NanoAOD file
+    costs 0.2 to 0.5 s to open, per worker.
     """
 
     def __init__(self, dataset: Dataset, sizer: ChunkSizer, *, lookahead: int = 4,
@@ -110,7 +116,8 @@ class FilesetSource(_Requeue):
         self._files_left = len(dataset.files)
         self._counted: deque[FileSpec] = deque()
         self._counting = 0
-        self._chunks: Iterator[Chunk] | None = None
+        self._active: deque[Iterator[Chunk]] = deque()  # files being cut, served in turn
+        self.spread = 1
         self._skip = skip
         self.known_entries = sum(f.events for f in dataset.files if f.num_entries is not None)
         self.unknown_files = sum(1 for f in dataset.files if f.num_entries is None)
@@ -122,7 +129,7 @@ class FilesetSource(_Requeue):
 
     @property
     def exhausted(self) -> bool:
-        return (self._chunks is None and not self._counted and self._counting == 0
+        return (not self._active and not self._counted and self._counting == 0
                 and self._files_left == 0 and not self.redo)
 
     def counted(self, file: FileSpec, num_entries: int, uuid: str | None) -> None:
@@ -140,24 +147,42 @@ class FilesetSource(_Requeue):
         w = self._pop_redo(now)
         if w is not None:
             return w
+        spread = max(1, self.spread)
         while True:
-            if self._chunks is not None:
-                chunk = next(self._chunks, None)
-                if chunk is not None:
-                    return Work(self.dataset.name, chunk, chunk.size)
-                self._chunks = None
-            if self._counted:
-                self._chunks = self._plan(self._counted.popleft())
+            while self._counted and len(self._active) < spread:
+                self._active.append(self._plan(self._counted.popleft()))
+            # keep enough files counted (or counting) to cut `spread` of them at once
+            if (self._files_left and len(self._active) + len(self._counted) + self._counting < spread
+                    and self._counting < max(self.lookahead, spread)):
+                got = self._take_file()
+                if got is not None:
+                    return got
                 continue
-            if self._files_left and self._counting < self.lookahead:
-                f = next(self._files)
-                self._files_left -= 1
-                if f.num_entries is None:
-                    self._counting += 1
-                    return CountRequest(self.dataset.name, f)
-                self._counted.append(f)
+            if self._active:
+                chunks = self._active.popleft()
+                chunk = next(chunks, None)
+                if chunk is None:
+                    continue
+                self._active.append(chunks)
+                return Work(self.dataset.name, chunk, chunk.size)
+            if self._counted:
+                continue
+            if self._files_left and self._counting < max(self.lookahead, spread):
+                got = self._take_file()
+                if got is not None:
+                    return got
                 continue
             return None
+
+    def _take_file(self) -> CountRequest | None:
+        """The next file: a count request if its entries are unknown, else queued for cutting (None)."""
+        f = next(self._files)
+        self._files_left -= 1
+        if f.num_entries is None:
+            self._counting += 1
+            return CountRequest(self.dataset.name, f)
+        self._counted.append(f)
+        return None
 
     def _plan(self, f: FileSpec) -> Iterator[Chunk]:
         done = self._skip(f.path) if self._skip else []

@@ -380,3 +380,18 @@ def test_long_lived_objects_are_frozen_out_of_the_collector_until_close():
     off(chunk(DIMUON, 0, 10, dataset="mu"))
     assert gc.get_freeze_count() == 0
     off.close()
+
+
+def test_closed_files_are_reclaimed_despite_the_freeze():
+    import gc
+    import weakref
+
+    op = NanoEventsOpener(max_open_files=2)  # a collection after every max(1, 2 // 2) = 1 closed file
+    op(chunk(DIMUON, 0, 10, dataset="mu"))
+    first = weakref.ref(op._files[DIMUON][0])
+    op(chunk(DY, 0, 10, dataset="dy"))
+    op(chunk(TT, 0, 10, dataset="tt"))  # evicts DIMUON; building TT's schema collects
+    assert DIMUON not in op._files
+    assert first() is None, "the closed file stayed alive in the frozen generation"
+    op.close()
+    assert gc.get_freeze_count() == 0

@@ -223,3 +223,29 @@ def test_generic_reduction_is_order_independent():
     assert results[0]["ds"]["sum"] == sum(i * i for i in range(200))
     assert results[0]["ds"]["seen"] == set(range(200))
     assert ddr.report["datasets"]["ds"]["events_processed"] == 200
+
+
+def test_source_cuts_as_many_files_at_once_as_its_spread():
+    files = tuple(FileSpec(f"f{i}.root", "Events", 3000) for i in range(3))
+    one = FilesetSource(Dataset("ds", files, {}), ChunkSizer(fixed=1000))
+    assert [one.next().item.path for _ in range(4)] == ["f0.root"] * 3 + ["f1.root"]
+    two = FilesetSource(Dataset("ds", files, {}), ChunkSizer(fixed=1000))
+    two.spread = 2  # the driver sets it to the number of workers
+    got = [two.next().item for _ in range(9)]
+    assert [c.path for c in got[:4]] == ["f0.root", "f1.root", "f0.root", "f1.root"]
+    assert sorted((c.path, c.start) for c in got) == [(f"f{i}.root", s) for i in range(3) for s in (0, 1000, 2000)]
+    assert two.next() is None and two.exhausted
+
+
+def test_source_counts_enough_files_to_feed_its_spread():
+    files = tuple(FileSpec(f"f{i}.root", "Events", None) for i in range(10))
+    src = FilesetSource(Dataset("ds", files, {}), ChunkSizer(fixed=1000), lookahead=2)
+    src.spread = 6
+    asks = []
+    while (got := src.next()) is not None:
+        asks.append(got)
+    assert [a.file.path for a in asks] == [f"f{i}.root" for i in range(6)]  # max(lookahead, spread) in flight
+    for a in asks:
+        src.counted(a.file, 1500, None)
+    first = [src.next() for _ in range(6)]
+    assert {w.item.path for w in first} == {f"f{i}.root" for i in range(6)}
