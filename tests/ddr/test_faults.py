@@ -28,10 +28,6 @@ def ddr(*args, cwd=None, timeout=300):
                           timeout=timeout, cwd=cwd)
 
 
-
-
-
-
 def _analysis(tmp_path, name, body):
     """The dimuon analysis plus a subclass; the file is shipped to the workers by value."""
     path = tmp_path / f"{name}.py"
@@ -275,3 +271,44 @@ def test_resume_refuses_another_runs_directory(tmp_path):
     assert again.returncode == 0, again.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
     assert all(d["events_resumed"] == d["events_expected"] == d["events_processed"] for d in rep["datasets"].values())
+
+
+# ------------------------------------------------------------ transient read errors
+def _flaky_source(counter, failures):
+    """An uproot file source whose first ``failures`` reads (over all workers) fail like a dropped
+    connection; ``counter`` is a file that gets one line per failure."""
+    import os
+
+    import uproot
+
+    class FlakySource(uproot.source.file.MemmapSource):
+        def chunks(self, ranges, notifications):
+            with open(counter, "a+") as f:
+                f.seek(0)
+                if len(f.read().splitlines()) < failures:
+                    f.write(f"{os.getpid()}\n")
+                    raise OSError("Connection reset by peer while reading baskets")
+            return super().chunks(ranges, notifications)
+
+    return FlakySource
+
+
+def test_transient_read_errors_are_retried_and_nothing_is_lost(tmp_path):
+    import cloudpickle
+
+    import ddr as ddr_api
+    from analyses.dimuon import DimuonProcessor
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    path = str(SAMPLES / "nano_dy.root")
+    fileset = {"DY": {"files": {path: {"object_path": "Events", "num_entries": 40}}}}
+    counter = tmp_path / "failures.log"
+    flaky = ddr_api.CoffeaDynamicDataReduction(
+        fileset, DimuonProcessor(), engine="local", workers=2, chunk_size=10,
+        uproot_options={"handler": _flaky_source(str(counter), 3)})
+    out = flaky.compute()
+    assert len(counter.read_text().splitlines()) == 3  # three reads failed ...
+    rep = flaky.report["datasets"]["DY"]
+    assert rep["complete"] and rep["events_processed"] == 40 and rep["failed_chunks"] == []  # ... and were redone
+    clean = ddr_api.CoffeaDynamicDataReduction(fileset, DimuonProcessor(), engine="sync", chunk_size=10).compute()
+    assert_same(out, clean)
