@@ -46,3 +46,25 @@ def emit(name: str, results: dict) -> None:
            "versions": versions("ddr-hep", "coffea", "uproot", "awkward", "dask", "distributed", "numpy"),
            "results": results}
     print(json.dumps(doc, indent=2))
+
+
+def dask_awkward_python(cache: "os.PathLike[str] | str") -> str:
+    """A Python with dask-awkward, dask-histogram, coffea and distributed, in a virtual environment of its own.
+
+    dask-awkward pins an older dask than the distributed ddr uses, so it cannot share ddr's environment.
+    coffea, uproot, awkward, hist and numpy are pinned to the versions running here, so that both sides
+    read the files with the same code. Created once in ``cache/dask-awkward-venv`` (about 30 s)."""
+    import pathlib
+    import subprocess
+
+    venv = pathlib.Path(cache) / "dask-awkward-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    probe = subprocess.run([str(py), "-c", "import dask_awkward, distributed, coffea, hist.dask"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pins = [f"{n}=={v}" for n, v in versions("coffea", "uproot", "awkward", "hist", "numpy").items() if v]
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "dask-awkward", "dask-histogram", "distributed", *pins],
+                       check=True)
+    return str(py)

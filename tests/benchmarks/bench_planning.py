@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import dask_awkward_python, emit  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -90,16 +90,6 @@ def _fileset(path: pathlib.Path, n: int, files: int) -> None:
     path.write_text(json.dumps(spec))
 
 
-def _dask_python(cache: pathlib.Path) -> str:
-    """A Python with dask-awkward installed, in a venv of its own (created once)."""
-    venv = cache / "dask-awkward-venv"
-    py = venv / "bin" / "python"
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "dask-awkward"], check=True)
-    return str(py)
-
-
 def _child(code: str, timeout: float, python: str = sys.executable) -> dict:
     r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
@@ -126,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             code = _DDR_CHILD.format(root=str(ROOT), n=n, files=files, fileset=str(fs),
                                      analysis=str(ROOT / "analyses" / "dimuon.py"))
             out["ddr"][str(n)] = _child(code, 600)
-    dask_python = args.dask_python or _dask_python(pathlib.Path(args.cache_dir))
+    dask_python = args.dask_python or dask_awkward_python(pathlib.Path(args.cache_dir))
     versions = subprocess.run([dask_python, "-c", "import dask, dask_awkward, awkward; print(dask.__version__, "
                                "dask_awkward.__version__, awkward.__version__)"], capture_output=True, text=True)
     out["dask_awkward_env"] = dict(zip(["dask", "dask_awkward", "awkward"], versions.stdout.split()))

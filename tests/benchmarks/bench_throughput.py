@@ -14,6 +14,10 @@ Contenders, all on the same files and the same number of worker processes:
 * ``ddr_warm``: the same on a manager whose workers are already running (a re-run in a session),
   comparable with the floor's process pool, which forks from a parent that has imported everything;
 * ``futures``: coffea ``processor.Runner`` with ``FuturesExecutor(workers=N)`` (its default chunk size);
+* ``dask_awkward``: coffea's dask mode, ``preprocess`` + ``apply_to_fileset`` (500k-entry steps) computed on a
+  ``distributed.LocalCluster`` of N single-threaded worker processes, the same selection written with
+  ``hist.dask`` (``_dask_awkward_dimuon.py``; in its own environment, see ``_common.dask_awkward_python``);
+  timed from preprocessing to the result, cluster start-up excluded;
 * ``floor``: the same selection (three histograms and the cutflow) written with uproot + awkward only,
   N processes, each file opened once, only the six muon/MET branches read. No framework beats it by much.
 
@@ -87,34 +91,29 @@ def _mass_counts(result) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ ddr
-def run_ddr(fileset: pathlib.Path, workers: int):
+def _timed_compute(fileset: pathlib.Path, **options):
     import ddr
     from analyses.dimuon import DimuonProcessor
 
-    job = ddr.CoffeaDynamicDataReduction(str(fileset), DimuonProcessor(), workers=workers)
+    job = ddr.CoffeaDynamicDataReduction(str(fileset), DimuonProcessor(), **options)
     t0 = time.perf_counter()
     out = job.compute()
     wall = time.perf_counter() - t0
-    total = np.sum([_mass_counts(v) for v in out.values()], axis=0)
-    return wall, total
+    return wall, np.sum([_mass_counts(v) for v in out.values()], axis=0)
+
+
+def run_ddr(fileset: pathlib.Path, workers: int):
+    return _timed_compute(fileset, workers=workers)
 
 
 def run_ddr_warm(fileset: pathlib.Path, workers: int):
     """ddr on worker processes that are already running, as on a re-run in a notebook session: a
     ``vinecore.Manager`` is started and warmed with one run over the shipped samples, then timed."""
-    import ddr
     import vinecore
-    from analyses.dimuon import DimuonProcessor
 
     with vinecore.Manager(workers=workers) as m:
-        ddr.CoffeaDynamicDataReduction(str(ROOT / "datasets" / "samples.json"), DimuonProcessor(),
-                                       manager=m).compute()
-        job = ddr.CoffeaDynamicDataReduction(str(fileset), DimuonProcessor(), manager=m)
-        t0 = time.perf_counter()
-        out = job.compute()
-        wall = time.perf_counter() - t0
-    total = np.sum([_mass_counts(v) for v in out.values()], axis=0)
-    return wall, total
+        _timed_compute(ROOT / "datasets" / "samples.json", manager=m)
+        return _timed_compute(fileset, manager=m)
 
 
 # ------------------------------------------------------------ coffea Runner
@@ -139,6 +138,26 @@ def run_futures(fileset: pathlib.Path, workers: int):
         out = runner(absolute, DimuonProcessor(), treename="Events")
     wall = time.perf_counter() - t0
     return wall, _mass_counts(out)
+
+
+# ------------------------------------------------------- coffea + dask-awkward
+_DATA_DIR: list[pathlib.Path] = []  # set by main(): where the dask-awkward environment is kept
+
+
+def run_dask_awkward(fileset: pathlib.Path, workers: int):
+    import subprocess
+
+    from _common import dask_awkward_python
+
+    python = dask_awkward_python(_DATA_DIR[0])
+    r = subprocess.run([python, str(pathlib.Path(__file__).with_name("_dask_awkward_dimuon.py")), str(fileset),
+                        str(workers)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"the dask-awkward run failed: {r.stderr.strip().splitlines()[-1:]}")
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    return doc["seconds"], np.asarray(doc["mass"], dtype=np.int64), {
+        k: round(doc[k], 2) if isinstance(doc[k], float) else doc[k]
+        for k in ("preprocess_seconds", "graph_seconds", "compute_seconds", "steps")}
 
 
 # -------------------------------------------------------------- the floor
@@ -192,7 +211,8 @@ def run_floor(fileset: pathlib.Path, workers: int, step: int = 500_000):
     return wall, np.sum(parts, axis=0)
 
 
-CONTENDERS = {"ddr": run_ddr, "ddr_warm": run_ddr_warm, "futures": run_futures, "floor": run_floor}
+CONTENDERS = {"ddr": run_ddr, "ddr_warm": run_ddr_warm, "futures": run_futures, "dask_awkward": run_dask_awkward,
+              "floor": run_floor}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -202,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--events-per-file", type=int, default=2_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data-dir", default=os.path.expanduser("~/.cache/ddr-bench"))
-    ap.add_argument("--contenders", default="ddr,ddr_warm,futures,floor")
+    ap.add_argument("--contenders", default="ddr,ddr_warm,futures,dask_awkward,floor")
     ap.add_argument("--no-print", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -213,10 +233,16 @@ def main(argv: list[str] | None = None) -> dict:
                      "files": args.files, "workers": args.workers, "generated_seconds": round(gen_seconds, 1),
                      "contenders": {}}
     masses = {}
+    _DATA_DIR[:] = [pathlib.Path(args.data_dir)]
     for name in args.contenders.split(","):
-        wall, mass = CONTENDERS[name](fileset, args.workers)
+        try:
+            wall, mass, *extra = CONTENDERS[name](fileset, args.workers)
+        except Exception as exc:  # noqa: BLE001 - one contender failing must not hide the others
+            results["contenders"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
         masses[name] = mass
-        results["contenders"][name] = {"seconds": round(wall, 2), "events_per_second": round(events / wall)}
+        results["contenders"][name] = {"seconds": round(wall, 2), "events_per_second": round(events / wall),
+                                       **(extra[0] if extra else {})}
     ref = next(iter(masses.values()))
     # the floor computes the mass in its own float arithmetic: a few pairs may fall on the other side
     # of a bin edge, but the number of pairs must be the same
@@ -224,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         n: bool(m.sum() == ref.sum() and np.abs(m - ref).sum() <= max(10, 1e-4 * ref.sum()))
         for n, m in masses.items()}
     results["mass_pairs"] = int(ref.sum())
-    rates = {n: c["events_per_second"] for n, c in results["contenders"].items()}
+    rates = {n: c["events_per_second"] for n, c in results["contenders"].items() if "events_per_second" in c}
     if "ddr" in rates:
         results["ratios"] = {f"ddr/{n}": round(rates["ddr"] / r, 3) for n, r in rates.items() if n != "ddr"}
         if "ddr_warm" in rates:
