@@ -23,9 +23,13 @@ Policy, in the order it is applied:
    step 5 allows when the overhead ``a`` alone exceeds the target); when
    ``memory_mb`` is given it is capped so that the predicted memory stays under
    ``memory_fraction * memory_mb``.
-5. **Grow gently.** The size is at most ``growth`` times the largest chunk
+5. **Grow in steps.** The size is at most ``growth`` times the largest chunk
    that has finished, so evidence comes before big chunks, however many
-   reports arrive about small ones. Shrinking is immediate.
+   reports arrive about small ones. Shrinking is immediate. The default, 16,
+   takes two steps from the first 10k-event chunks to 2M: on 16M narrow
+   events with 2 workers the run took 1.6 s against 1.8 s with 4 (four
+   steps of small chunks, each paying a chunk's fixed cost). A bigger step
+   that runs out of memory is split and caps later sizes (7).
 6. **Clamp** to ``[min_size, max_size]``.
 7. **Learn from exhaustion.** :meth:`ChunkSizer.shrink_after_exhaustion`
    caps every later size at half of the size that failed (even below
@@ -80,7 +84,7 @@ class ChunkSizer:
 
     def __init__(self, *, initial: int = 10_000, target_seconds: float = 30.0, memory_mb: float | None = None,
                  memory_fraction: float = 0.5, min_size: int = 1_000, max_size: int = 2_000_000,
-                 growth: float = 4.0, fixed: int | None = None, window: int = 16) -> None:
+                 growth: float = 16.0, fixed: int | None = None, window: int = 16) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be at least 1, got {max_size}")
         if fixed is not None and fixed < 1:

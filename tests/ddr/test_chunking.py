@@ -27,7 +27,7 @@ def test_first_chunks_are_small_until_a_report_arrives():
 def test_reaches_the_target_time_despite_a_fixed_overhead():
     # 2 s per chunk plus 0.1 ms per event: 30 s is reached at 280k events. Estimating
     # per-event cost as wall/events on the first 10k chunks would say 100k.
-    sizer = ChunkSizer(initial=10_000, target_seconds=30)
+    sizer = ChunkSizer(initial=10_000, target_seconds=30, growth=4)
     sizes = run(sizer, lambda n: 2 + 1e-4 * n, steps=6)
     assert sizes[:3] == [10_000, 40_000, 160_000]  # growth limited to 4x per step
     assert sizes[3:] == [pytest.approx(280_000, rel=0.001)] * 3
@@ -40,6 +40,11 @@ def test_noisy_timings_still_land_near_the_target():
     sizer = ChunkSizer(initial=10_000, target_seconds=30)
     sizes = run(sizer, lambda n: 2 + 1e-4 * n, steps=60, noise=0.2, seed=3)
     assert all(150_000 < s < 450_000 for s in sizes[-20:]), sizes[-20:]
+
+
+def test_default_growth_reaches_two_million_in_two_steps():
+    sizer = ChunkSizer(initial=10_000, target_seconds=30)
+    assert run(sizer, lambda n: 0.02 + 1.6e-7 * n, steps=4) == [10_000, 160_000, 2_000_000, 2_000_000]
 
 
 def test_growth_needs_evidence_not_just_many_reports():
@@ -70,7 +75,7 @@ def test_adapts_when_the_per_event_cost_changes():
 
 
 def test_overhead_above_the_target_grows_chunks_to_amortise_it():
-    sizer = ChunkSizer(initial=10_000, target_seconds=30, max_size=1_000_000)
+    sizer = ChunkSizer(initial=10_000, target_seconds=30, max_size=1_000_000, growth=4)
     sizes = run(sizer, lambda n: 60 + 1e-7 * n, steps=8)
     # one size cannot tell overhead from per-event cost: the safe guess shrinks once;
     # two sizes with the same time show the overhead, and chunks grow 4x per step
