@@ -21,7 +21,8 @@ Contenders, all on the same files and the same number of worker processes:
 * ``floor``: the same selection (three histograms and the cutflow) written with uproot + awkward only,
   N processes, each file opened once, only the six muon/MET branches read. No framework beats it by much.
 
-The mass histograms of all contenders are compared; the run fails loudly if they differ.
+Each contender runs ``--repeats`` times (default 3); the median is reported with every sample. The mass
+histograms of all contenders are compared; the run fails loudly if they differ.
 Prints JSON (see ``_common.emit``).
 """
 
@@ -34,6 +35,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import statistics
 import sys
 import time
 
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--events-per-file", type=int, default=2_000_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per contender; the median is reported")
     ap.add_argument("--data-dir", default=os.path.expanduser("~/.cache/ddr-bench"))
     ap.add_argument("--contenders", default="ddr,ddr_warm,futures,dask_awkward,floor")
     ap.add_argument("--no-print", action="store_true", help=argparse.SUPPRESS)
@@ -235,14 +238,19 @@ def main(argv: list[str] | None = None) -> dict:
     masses = {}
     _DATA_DIR[:] = [pathlib.Path(args.data_dir)]
     for name in args.contenders.split(","):
+        walls, extra = [], {}
         try:
-            wall, mass, *extra = CONTENDERS[name](fileset, args.workers)
+            for _ in range(args.repeats):
+                wall, mass, *more = CONTENDERS[name](fileset, args.workers)
+                walls.append(wall)
+                masses.setdefault(name, mass)
+                extra = more[0] if more else {}
         except Exception as exc:  # noqa: BLE001 - one contender failing must not hide the others
             results["contenders"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        masses[name] = mass
+        wall = statistics.median(walls)
         results["contenders"][name] = {"seconds": round(wall, 2), "events_per_second": round(events / wall),
-                                       **(extra[0] if extra else {})}
+                                       "samples_seconds": [round(w, 2) for w in walls], **extra}
     ref = next(iter(masses.values()))
     # the floor computes the mass in its own float arithmetic: a few pairs may fall on the other side
     # of a bin edge, but the number of pairs must be the same
