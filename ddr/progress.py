@@ -40,18 +40,22 @@ class PlainProgress:
         self.stream = stream or sys.stderr
         self.interval = interval
         self._last = 0.0
+        self._unprinted: list[DatasetProgress] | None = None
 
     def __enter__(self) -> "PlainProgress":
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        if self._unprinted is not None:  # the final state always reaches the log
+            self(self._unprinted, force=True)
 
     def __call__(self, snaps: list[DatasetProgress], force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.interval:
+            self._unprinted = snaps
             return
         self._last = now
+        self._unprinted = None
         for s in snaps:
             total = "?" if s.events_total is None else f"{s.events_total}"
             state = "done" if s.finished else f"eta {_eta(s.eta_seconds)}"
