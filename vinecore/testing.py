@@ -102,6 +102,27 @@ def _sleep(seconds, log_path=None, name=None):
     return seconds
 
 
+def _sleep_in(pid_path, seconds):
+    with open(pid_path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def _exit_now(code):
     os._exit(code)
 
@@ -333,8 +354,9 @@ def check_priorities(make: MakeManager, tmp: str) -> None:
 
 
 def check_cancel(make: MakeManager, tmp: str) -> None:
+    pid_path = os.path.join(tmp, "long.pid")
     with make(workers=1) as m:
-        long = PythonTask(_sleep, 60)
+        long = PythonTask(_sleep_in, pid_path, 60)
         queued = PythonTask(_add, 1, 2)
         m.submit(long)
         m.submit(queued)
@@ -348,6 +370,12 @@ def check_cancel(make: MakeManager, tmp: str) -> None:
         assert {t.id for t in done} == {long.id, queued.id}
         assert long.result == "cancelled" and queued.result == "cancelled"
         assert time.monotonic() - t0 < 10
+        if m.statistics().engine != "sync" and os.path.exists(pid_path):  # the attempt itself was stopped
+            with open(pid_path) as f:
+                pid = int(f.read())
+            while _alive(pid) and time.monotonic() - t0 < 10:
+                time.sleep(0.05)
+            assert not _alive(pid), f"the cancelled task still runs in process {pid}"
         assert not m.cancel_by_task_id(long.id)
         nxt = PythonTask(_add, 3, 4)
         m.submit(nxt)

@@ -205,7 +205,9 @@ def outcome_of(held: Held) -> Outcome:
     return held.outcome
 
 
-def kill_on_worker(run: str, task_id: int, attempt: int, dask_worker: Any = None) -> bool:
+async def kill_on_worker(run: str, task_id: int, attempt: int, dask_worker: Any = None) -> bool:
+    """Stop an attempt in this worker's pool. A coroutine: ``Client.run(..., wait=False)`` accepts
+    nothing else (a plain function fails on the worker with "Combination not supported")."""
     pool = _POOLS.get((dask_worker.address, run)) if dask_worker is not None else None
     if pool is None:
         return False
