@@ -11,14 +11,21 @@ Layers (datasets -> plan -> tasks -> engine -> reduce)::
     _reducers   default reducer: coffea's accumulate semantics
     _ledger     exactly-once accounting of what each partial covers
     _driver     Reduction: submits tasks, reduces on workers, splits and retries
-    _api        DynamicDataReduction, CoffeaDynamicDataReduction, RunHandle
-    progress    rich / plain progress views
+    _journal    checkpoints of merged partials for --resume
+    _api        DynamicDataReduction, CoffeaDynamicDataReduction, build_report
+    _handle     RunHandle: a run in the background (progress, partial(), cancel, await)
+    progress    rich / plain / Jupyter progress views
+    plotting    ddr.plot and `ddr plot` (hist + mplhep conventions)
+    _analysis   loading ANALYSIS.py for `ddr run` (which processors it defines)
+    _preprocess `ddr preprocess`: counting on the workers, coffea's preprocessed dialect
+    _extras     optional dependencies, imported lazily with install hints
     cli         the `ddr` command
 
-ddr uses only vinecore's public API.
+ddr uses only vinecore's public API (plus ``vinecore._serialize`` to ship the job).
 """
 
-from ._api import CoffeaDynamicDataReduction, DynamicDataReduction, RunHandle
+from ._api import CoffeaDynamicDataReduction, DynamicDataReduction
+from ._handle import RunHandle
 from ._datasets import Dataset, FileSpec, load_fileset, write_fileset
 from ._driver import DatasetProgress
 from ._planning import Chunk
