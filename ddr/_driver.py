@@ -23,6 +23,7 @@ Policy
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -163,24 +164,25 @@ class Reduction:
                 self.ledgers[ds].events_processed += cov.events
                 self.ledgers[ds].events_resumed = cov.events
 
+    def merged_so_far(self, ds: str) -> tuple[Any, Coverage, bool]:
+        """``(value, coverage, final)`` of dataset ``ds`` now: its final result once it has one, else a
+        merge, on the manager, of copies of every partial held for it (pooled, inputs of running
+        accumulations, the checkpoint it resumed from). Between two ``step`` calls the coverage is
+        exactly what the value holds; ``value`` is None while nothing is merged."""
+        if ds in self.results:
+            return self.results[ds], self.ledgers[ds].final or Coverage(), True
+        seed_value, cov = self.seed.get(ds, (None, Coverage()))
+        values = [] if seed_value is None else [copy.deepcopy(seed_value)]  # a reducer may update in place
+        held = list(self.pools[ds]) + [inp for p in self.inflight.values()
+                                       if p.kind == "accum" and p.dataset == ds for inp in p.inputs]
+        for f, c in held:
+            values.append(self.m.fetch_value(f))
+            cov = cov.merge(c)
+        return (_worker.merge_parts(self.job, values) if values else None), cov, False
+
     def checkpoint(self) -> None:
         """Write every dataset's merged live partials and their exact coverage (see ddr._journal)."""
-        state = {}
-        for ds in self.sources:
-            if ds in self.results:
-                state[ds] = (self.results[ds], self.ledgers[ds].final or Coverage(), True)
-                continue
-            value, cov = self.seed.get(ds, (None, Coverage()))
-            live = list(self.pools[ds])
-            for p in self.inflight.values():
-                if p.kind == "accum" and p.dataset == ds:
-                    live.extend(p.inputs)
-            values = [value] if value is not None else []
-            for f, c in live:
-                values.append(self.m.fetch_value(f))
-                cov = cov.merge(c)
-            state[ds] = (_worker.merge_parts(self.job, values) if values else None, cov, False)
-        self.checkpointer.write(state)
+        self.checkpointer.write({ds: self.merged_so_far(ds) for ds in self.sources})
 
     def close(self) -> None:
         """Uninstall this run's library: the workers drop its context (open files, schemas, the

@@ -325,26 +325,12 @@ def _partial_snapshot(ddr: DynamicDataReduction, run: Reduction) -> dict[str, tu
     """
     import copy
 
-    from ._worker import merge_parts
-
     out = {}
     for ds in run.ledgers:
-        if ds in run.results:
-            value = copy.deepcopy(run.results[ds])  # the final value: the caller may not alter it
-            final = run.ledgers[ds].final
-            events = final.events if final is not None else 0
-        else:
-            held = list(run.pools[ds]) + [inp for p in run.inflight.values()
-                                          if p.kind == "accum" and p.dataset == ds for inp in p.inputs]
-            parts = [run.m.fetch_value(f) for f, _ in held]
-            events = sum(c.events for _, c in held)
-            if ds in run.seed:  # resumed from a checkpoint
-                seed_value, seed_cov = run.seed[ds]
-                if seed_value is not None:
-                    parts.append(copy.deepcopy(seed_value))
-                events += seed_cov.events
-            value = merge_parts(run.job, parts) if parts else None
+        value, cov, final = run.merged_so_far(ds)
+        if final:
+            value = copy.deepcopy(value)  # the final value: the caller may not alter it
         if value is not None and ddr._single:
             value = next(iter(value.values()))
-        out[ds] = (value, _fraction(run, ds, events))
+        out[ds] = (value, _fraction(run, ds, cov.events))
     return out
