@@ -83,9 +83,8 @@ def merge_parts(job: Job, parts: Any) -> dict[str, Any]:
 def count(path: str, tree: str) -> tuple[int, str | None]:
     from ._coffea import NanoEventsOpener, count_entries
 
-    job = _job()
-    if isinstance(job.postprocess, NanoEventsOpener):
-        return job.postprocess.count(path, tree)  # keeps the file open for its chunks
-    options = getattr(job.postprocess, "uproot_options", None)
-    return count_entries(path, tree, options)
+    opener = _job().postprocess
+    if isinstance(opener, NanoEventsOpener):
+        return opener.count(path, tree)  # keeps the file open for its chunks
+    return count_entries(path, tree)
 

@@ -80,9 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    if not os.path.exists(args.result):
-        _err(f"{args.result} does not exist; write it with: ddr run ANALYSIS.py --datasets FILE.json -o {args.result}")
-        return 2
     try:
         from .plotting import main_plot
 
