@@ -15,8 +15,8 @@ A ``dataset`` category axis in a histogram (ddr's analyses carry one) is
 reduced to the dataset being drawn; other axes beyond the first are summed
 over. The command line is ``ddr plot OUT.coffea -o plot.png``.
 
-matplotlib and mplhep are optional: ``pip install 'ddr-hep[plot]'``; neither is
-imported before the first plot.
+matplotlib and mplhep are imported at the first plot, with an install hint if
+missing (``pip install 'ddr-hep[plot]'``; coffea normally brings both).
 """
 
 from __future__ import annotations
@@ -26,20 +26,13 @@ from typing import Any
 
 __all__ = ["plot", "histograms", "main_plot"]
 
-_HINT = "pip install 'ddr-hep[plot]'"
 
+def _mplhep():
+    """mplhep (matplotlib comes with it), with an install hint when either is missing."""
+    from ._extras import require
 
-def _mpl():
-    """(matplotlib, mplhep or None), with an install hint when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError(f"ddr.plot needs matplotlib (and mplhep for hist-style plots): {_HINT}") from exc
-    try:
-        import mplhep
-    except ImportError:
-        mplhep = None
-    return matplotlib, mplhep
+    require("matplotlib", extra="plot", purpose="plot results")
+    return require("mplhep", extra="plot", purpose="plot results")
 
 
 def _is_hist(x: Any) -> bool:
@@ -157,29 +150,15 @@ def plot(result: Any, hist: str | None = None, dataset: str | list[str] | None =
     if missing:
         raise KeyError(f"no dataset {', '.join(map(repr, missing))} in histogram {hist!r}; "
                        f"it has: {', '.join(sorted(per_ds))}")
-    matplotlib, mplhep = _mpl()
+    mplhep = _mplhep()
     if ax is None:
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(7, 5))
     hs = [_one_dimensional(per_ds[d], d) for d in wanted]
     labels = [d if fractions.get(d, 1.0) >= 1.0 else f"{d} ({fractions[d]:.0%} of events)" for d in wanted]
-    if mplhep is not None:
-        mplhep.histplot(hs, ax=ax, label=labels, stack=stack, histtype="fill" if stack else "step",
-                        density=density, yerr=False)
-    else:  # plain matplotlib: the same picture without mplhep's styling
-        import numpy as np
-
-        bottom = 0.0
-        for h, label in zip(hs, labels):
-            edges = h.axes[0].edges
-            values = h.values().astype(float)
-            if density and values.sum() > 0:
-                values = values / (values.sum() * np.diff(edges))
-            top = bottom + values if stack else values
-            ax.stairs(top, edges, baseline=bottom if stack else 0.0, fill=stack, label=label)
-            if stack:
-                bottom = top
+    mplhep.histplot(hs, ax=ax, label=labels, stack=stack, histtype="fill" if stack else "step", density=density,
+                    yerr=False)
     axis = hs[0].axes[0]
     if "log" in repr(getattr(axis, "transform", None)).lower():
         ax.set_xscale("log")
@@ -197,7 +176,7 @@ def main_plot(path: str, hist: str | None, dataset: list[str] | None, stack: boo
     result = _load(path)
     if not histograms(result):  # errors about the input come before matplotlib is even imported
         raise ValueError(f"{path} holds no histograms to plot")
-    _mpl()
+    _mplhep()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
