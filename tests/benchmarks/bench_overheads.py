@@ -7,8 +7,8 @@
 * first partial: ``ddr run analyses/dimuon.py --datasets datasets/samples.json`` as a subprocess; the
   time from launching the command (interpreter start included) to its first finished chunk, read from
   the report (``first_result_from_start_seconds``) plus the interpreter and import time before it.
-* warm first partial: a second run on the same open Manager (processor, files and forms already loaded
-  on the workers) against a first run on a fresh one, in one process.
+
+Warm re-runs (a second run on the same manager) are measured by bench_warm.py.
 
 Prints JSON (see ``_common.emit``).
 """
@@ -74,25 +74,6 @@ def first_partial_cli(repeats: int) -> dict:
             "median_command_seconds": statistics.median(x["command_seconds"] for x in runs)}
 
 
-def warm_rerun(workers: int) -> dict:
-    import ddr
-    import vinecore
-    from ddr._analysis import load_analysis
-
-    proc = next(iter(load_analysis(str(ROOT / "analyses" / "dimuon.py")).values()))
-    fileset = str(ROOT / "datasets" / "samples.json")
-    out = {}
-    t0 = time.monotonic()  # the cold run includes starting the workers
-    with vinecore.Manager(engine="local", workers=workers) as m:
-        for label in ("cold", "warm", "warm_again"):
-            start = t0 if label == "cold" else time.monotonic()
-            job = ddr.CoffeaDynamicDataReduction(fileset, proc, manager=m)
-            job.compute()
-            out[label] = {"first_partial_seconds": round(job.last_run.first_result_at - start, 3),
-                          "seconds": round(time.monotonic() - start, 3)}
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, default=5000)
@@ -102,8 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     results = {"noop_chunks": noop_chunks(args.chunks, args.workers),
-               "first_partial_cli": first_partial_cli(args.repeats),
-               "warm_rerun": warm_rerun(args.workers)}
+               "first_partial_cli": first_partial_cli(args.repeats)}
     if not args.no_print:
         emit("overheads", results)
     return results

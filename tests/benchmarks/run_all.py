@@ -5,7 +5,7 @@
 Runs, each in its own process so that they do not disturb one another's memory figures:
 bench_vinecore (engine overheads), bench_throughput narrow and wide (ddr vs coffea Runner with
 FuturesExecutor vs an uproot floor), bench_planning (10^3..10^6 chunk specs vs dask-awkward graph
-construction), bench_overheads (no-op chunks, first partial result, warm re-runs) and bench_warm
+construction), bench_overheads (no-op chunks, first partial result of `ddr run`) and bench_warm
 (cold vs warm first partial through a RunHandle, changed cut, after cancel). Prints one JSON
 document with every figure and the total wall time.
 """
