@@ -20,10 +20,17 @@ def assert_same(a, b, where="output"):
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+def generator():
+    """``datasets/generate.py`` as a module (it is a script, not part of a package)."""
+    name = "ddr_datasets_generate"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, DATASETS / "generate.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def generate(out, **kw):
     """``datasets/generate.py``'s ``generate(out, **kw)``: a synthetic NanoAOD fileset; returns its path."""
-    spec = importlib.util.spec_from_file_location("ddr_datasets_generate", DATASETS / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.generate(out, **kw)
+    return generator().generate(out, **kw)

@@ -14,6 +14,7 @@ import uproot
 from coffea import processor
 from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
+from tests._helpers import generate
 from tests.conftest import ANALYSES, DATASETS
 
 pytestmark = pytest.mark.slow
@@ -198,8 +199,7 @@ def test_small_chunks_give_the_same_result(results, samples, name):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    gen = load_module(DATASETS / "generate.py", "ddr_test_generate")
-    path = gen.generate(tmp_path_factory.mktemp("syn"), files=2, unique=1, events_per_file=4000, chunk=1500,
+    path = generate(tmp_path_factory.mktemp("syn"), files=2, unique=1, events_per_file=4000, chunk=1500,
                         pad_hlt=5, seed=11)
     return absolute_fileset(path)
 

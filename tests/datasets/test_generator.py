@@ -1,6 +1,5 @@
 """datasets/generate.py: small synthetic filesets, checked by reading them back."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,23 +11,16 @@ import pytest
 import uproot
 from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
+from tests._helpers import generator
 from tests.conftest import DATASETS
 
 EVENTS, PAD_HLT, PAD_FLOAT = 5000, 20, 5
 BASE_BRANCHES = 39  # run/lumi/event, 11 muon, 9 electron, 11 jet, 3 MET, PV_npvs, HLT_IsoMu24
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("ddr_datasets_generate", DATASETS / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gen():
-    return _load_generator()
+    return generator()
 
 
 @pytest.fixture(scope="module")
