@@ -67,22 +67,18 @@ class Pool:
         self.killed: set[tuple[int, int]] = set()
         self.current: dict[str, tuple[int, int]] = {}  # library process -> attempt it runs
         self.staged: dict[str, int] = {}  # temp -> tasks using it in this pool
-        self.libraries: set[str] = set()
         self._replacing: list[int] = []
         self.closed = False
 
     # --------------------------------------------------------------- control
     def install_library(self, name: str, payload: bytes) -> None:
         with self.lock:
-            if name not in self.libraries:
-                self.libraries.add(name)
+            if name not in self.engine.libraries:
                 self.engine.install_library(name, payload)
 
     def remove_library(self, name: str) -> None:
         with self.lock:
-            if name in self.libraries:
-                self.libraries.discard(name)
-                self.engine.remove_library(name)
+            self.engine.remove_library(name)  # a no-op for a library it does not have
 
     def kill(self, task_id: int, attempt: int) -> None:
         with self.lock:
@@ -180,7 +176,7 @@ def pool_for(worker: Any, run: str, processes: int | None) -> Pool:
             n = processes or nthreads
             pool = _POOLS[key] = Pool(worker.address, run, n, worker.local_directory, max(1, nthreads // n))
     for name, plugin in list(worker.plugins.items()):
-        if isinstance(plugin, LibraryPlugin) and plugin.run == run and plugin.name not in pool.libraries:
+        if isinstance(plugin, LibraryPlugin) and plugin.run == run:  # installed once per pool
             pool.install_library(plugin.name, plugin.payload)
     return pool
 
