@@ -23,6 +23,7 @@ from .exceptions import (
     FileFetchError,
     ManagerClosedError,
     TaskSubmissionError,
+    UnsatisfiableTaskError,
     VinecoreError,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "Task",
     "TaskState",
     "TaskSubmissionError",
+    "UnsatisfiableTaskError",
     "VinecoreError",
     "current_worker",
     "library_context",

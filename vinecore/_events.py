@@ -24,6 +24,7 @@ __all__ = [
     "WorkerJoined",
     "WorkerRemoved",
     "TaskFinished",
+    "FileForgotten",
     "Action",
     "Dispatch",
     "Kill",
@@ -41,6 +42,7 @@ class Result(str, enum.Enum):
     MAX_WALL_TIME = "max wall time"
     WORKER_LOST = "worker lost"
     CANCELLED = "cancelled"
+    UNSATISFIABLE = "unsatisfiable"  # vinecore: no worker present can ever fit its resources
 
     def __str__(self) -> str:  # pragma: no cover - cosmetic
         return self.value
@@ -103,6 +105,13 @@ class TaskFinished(Event):
     result: Result
     report: Any = None  # opaque to the state machine: output, stdout, measurements
     held_on: str | None = None  # worker that keeps the task's temp outputs
+
+
+@dataclass(frozen=True, slots=True)
+class FileForgotten(Event):
+    """A temp was undeclared: the state machine may forget who produced it."""
+
+    cache_name: str
 
 
 # --------------------------------------------------------------- actions out

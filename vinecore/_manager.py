@@ -24,6 +24,7 @@ from ._events import (
     CancelRequested,
     Complete,
     Dispatch,
+    FileForgotten,
     Kill,
     Result,
     TaskSubmitted,
@@ -34,7 +35,7 @@ from ._log import TransactionLog
 from ._runtime import Outcome, TaskSpec
 from ._state import Scheduler
 from ._tasks import FunctionCall, Library, PythonTask, ResourcesMeasured, Task
-from .exceptions import FileFetchError, ManagerClosedError, TaskSubmissionError
+from .exceptions import FileFetchError, ManagerClosedError, TaskSubmissionError, UnsatisfiableTaskError
 
 __all__ = ["Manager", "Statistics", "ManagerState"]
 
@@ -198,6 +199,7 @@ class Manager:
         self._check_open("undeclare a file")
         if file.kind == "temp":
             self._engine.release(file.cache_name)
+            self._scheduler.handle(FileForgotten(file.cache_name))
 
     # ------------------------------------------------------------ libraries
     def create_library_from_functions(self, name: str, *functions: Callable[..., Any],
@@ -407,4 +409,6 @@ def _failure(result: Result, reason: str) -> BaseException:
         from concurrent.futures import CancelledError
 
         return CancelledError(reason)
+    if result is Result.UNSATISFIABLE:
+        return UnsatisfiableTaskError(reason)
     return RuntimeError(reason)

@@ -5,19 +5,26 @@ the sync engine in the caller's own process, the local engine in its worker
 processes, the dask engine in library processes beside each dask worker.
 
 Enforcement, per attempt
-    * memory: the soft ``RLIMIT_AS`` is lowered to the process's current
-      virtual size plus the task's allocation, so an oversized allocation
-      raises ``MemoryError`` inside the task, which ends it as
-      ``resource exhaustion`` while the process, its library contexts and its
-      store survive. The limit is restored afterwards. A task whose measured
-      peak resident memory grew by more than its allocation is also reported
-      as exhausted (allocations that dodged the address-space limit).
+    * memory: in a worker process (``isolated``), the soft ``RLIMIT_AS`` is
+      lowered to the process's current virtual size plus the task's
+      allocation, so an oversized allocation raises ``MemoryError`` inside the
+      task, which ends it as ``resource exhaustion`` while the process, its
+      library contexts and its store survive. The limit is restored
+      afterwards. A task whose measured peak resident memory grew by more than
+      its allocation is also reported as exhausted (allocations that dodged
+      the address-space limit; in-process, this is the only check).
     * time: ``SIGALRM`` interrupts the task after ``time_max`` seconds when it
-      runs in the main thread; a task that overran anyway is reported as
-      ``max wall time``. The process supervisors add a hard kill as backstop.
-    * ``os._exit`` in a process-isolated worker ends the process, which its
-      supervisor reports as ``worker lost``. In-process (sync engine) it is
-      intercepted and reported the same way.
+      runs in the main thread (the previous handler is restored); a task that
+      overran anyway is reported as ``max wall time``. The process
+      supervisors add a hard kill as backstop.
+    * ``os._exit`` in a worker process ends the process, which its supervisor
+      reports as ``worker lost``.
+In-process (the sync engine, ``isolated=False``) the caller's process is not
+changed for the task: no address-space limit, no patched ``os._exit``, and
+only the task's own thread has its output captured (other threads, such as a
+notebook's, keep printing where they did). Tasks with sandbox files
+(``add_input``/``add_output``) are the exception: their relative names need
+the working directory to be the sandbox while they run.
 Measurement
     wall time, cpu time, and peak RSS from the kernel's high-water mark
     (``VmHWM``, reset before each task through ``/proc/self/clear_refs``).
@@ -160,12 +167,6 @@ class _TimeLimit(BaseException):
     """Raised by SIGALRM inside a task over its time_max (not an Exception on purpose)."""
 
 
-class _SimulatedExit(BaseException):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
 _current: WorkerRuntime | None = None
 _current_library: str | None = None
 
@@ -294,7 +295,7 @@ class WorkerRuntime:
         old_cwd = None
         old_limit = None
         alarm = False
-        exit_patch = None
+        old_handler: Any = None
         _reset_hwm()
         vsize0, rss0 = _vm_kb()
         t0 = time.perf_counter()
@@ -302,7 +303,7 @@ class WorkerRuntime:
         prev, _current = _current, self
         prev_lib, _current_library = _current_library, spec.library
         try:
-            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            with _capture_output(buf, whole_process=self.isolated):
                 try:
                     fn, args, kwargs = self._load(spec)
                     if spec.inputs or spec.outputs:
@@ -310,7 +311,7 @@ class WorkerRuntime:
                         self._stage_inputs(spec, sandbox)
                         old_cwd = os.getcwd()
                         os.chdir(sandbox)
-                    if spec.memory:
+                    if spec.memory and self.isolated:
                         old_limit = resource.getrlimit(resource.RLIMIT_AS)
                         cap = vsize0 * 1024 + spec.memory * _MB
                         hard = old_limit[1]
@@ -318,15 +319,13 @@ class WorkerRuntime:
                             cap = min(cap, hard)
                         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
                     if spec.time_max and threading.current_thread() is threading.main_thread():
-                        signal.signal(signal.SIGALRM, _raise_time_limit)
+                        old_handler = signal.signal(signal.SIGALRM, _raise_time_limit)
                         signal.setitimer(signal.ITIMER_REAL, spec.time_max)
                         alarm = True
-                    if not self.isolated:
-                        exit_patch = os._exit
-                        os._exit = _simulated_exit  # type: ignore[assignment]
                     value = fn(*args, **kwargs)
                     if alarm:
                         signal.setitimer(signal.ITIMER_REAL, 0)
+                        signal.signal(signal.SIGALRM, old_handler)
                         alarm = False
                     if old_limit is not None:
                         resource.setrlimit(resource.RLIMIT_AS, old_limit)
@@ -345,20 +344,15 @@ class WorkerRuntime:
                     result = Result.MAX_WALL_TIME
                     output = _serialize.exception_payload(
                         TimeoutError(f"task {spec.task_id} ran over its time_max of {spec.time_max} s"))
-                except _SimulatedExit as exc:
-                    result = Result.WORKER_LOST
-                    output = _serialize.exception_payload(
-                        RuntimeError(f"the task called os._exit({exc.code}); the worker would have died"))
                 except BaseException as exc:  # noqa: BLE001 - the task's failure is its result
                     result, output = Result.EXCEPTION, _serialize.exception_payload(exc)
                     traceback.print_exc()
         finally:
             if alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old_handler)
             if old_limit is not None:
                 resource.setrlimit(resource.RLIMIT_AS, old_limit)
-            if exit_patch is not None:
-                os._exit = exit_patch  # type: ignore[assignment]
             if old_cwd is not None:
                 os.chdir(old_cwd)
             if sandbox:
@@ -421,5 +415,43 @@ def _raise_time_limit(signum, frame):  # pragma: no cover - signal handler
     raise _TimeLimit()
 
 
-def _simulated_exit(code: int = 0) -> None:
-    raise _SimulatedExit(code)
+class _ThreadOutput(io.TextIOBase):
+    """A stand-in for ``sys.stdout``/``sys.stderr`` while an in-process task runs: writes from the
+    task's thread go to the task's buffer, writes from any other thread to the stream it replaced."""
+
+    def __init__(self, buf: io.StringIO, other: Any) -> None:
+        self._buf, self._other, self._thread = buf, other, threading.get_ident()
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() == self._thread:
+            return self._buf.write(text)
+        return self._other.write(text) if self._other is not None else len(text)
+
+    def flush(self) -> None:
+        if threading.get_ident() != self._thread and self._other is not None:
+            self._other.flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno... of the real stream
+        return getattr(self._other, name)
+
+
+@contextlib.contextmanager
+def _capture_output(buf: io.StringIO, *, whole_process: bool):
+    """Send the task's stdout and stderr to ``buf``: the whole process's in a worker process, only the
+    task thread's in-process (other threads of the caller keep their output)."""
+    if whole_process:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+        return
+    import sys
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ThreadOutput(buf, saved[0]), _ThreadOutput(buf, saved[1])
+    try:
+        yield
+    finally:
+        # restore only what is still ours: another in-process task may have swapped it meanwhile
+        if isinstance(sys.stdout, _ThreadOutput) and sys.stdout._buf is buf:
+            sys.stdout = saved[0]
+        if isinstance(sys.stderr, _ThreadOutput) and sys.stderr._buf is buf:
+            sys.stderr = saved[1]

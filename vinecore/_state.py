@@ -19,7 +19,15 @@ Selection
     already has open).
 Packing
     A worker offers ``cores`` and ``slots``. A task without ``cores`` takes the
-    whole worker (TaskVine's rule). A task that fits nowhere stays READY.
+    whole worker (TaskVine's rule). A task that fits no worker *right now*
+    stays READY until one frees up.
+Unsatisfiable tasks
+    A task that no present worker could ever fit, even idle (more cores or
+    memory than the largest worker has), completes at once as
+    ``unsatisfiable`` with the reason, instead of waiting for ever. This is
+    judged when it is submitted and again whenever the largest worker leaves.
+    With no worker at all (an engine still starting, an empty cluster) tasks
+    wait: the first worker to join decides.
 Retries
     ``exception`` and ``worker lost`` are retried while
     ``attempts <= retries``; ``resource exhaustion`` and ``max wall time`` are
@@ -45,6 +53,7 @@ from ._events import (
     Complete,
     Dispatch,
     Event,
+    FileForgotten,
     Kill,
     Result,
     TaskFinished,
@@ -115,6 +124,12 @@ class _Worker:
     def has_room(self) -> bool:
         return len(self.running) < self.slots and self.used_cores < self.cores
 
+    def could_fit(self, t: _Task) -> bool:
+        """Could ``t`` run here if the worker were idle?"""
+        if t.cores and t.cores > self.cores:
+            return False
+        return not (t.memory and self.memory and t.memory > self.memory)
+
     def fits(self, t: _Task) -> bool:
         need = t.cores or self.cores
         if need > self.cores - self.used_cores:
@@ -164,6 +179,7 @@ class Scheduler:
         return max(0, want - have)
 
     def state_of(self, task_id: int) -> TaskState | None:
+        """The task's state; None once it is done and forgotten (or was never submitted)."""
         t = self.tasks.get(task_id)
         return t.state if t else None
 
@@ -181,6 +197,8 @@ class Scheduler:
                 self._on_worker_removed(ev, out)
             elif isinstance(ev, CancelRequested):
                 self._on_cancel(ev, out)
+            elif isinstance(ev, FileForgotten):
+                self._on_file_forgotten(ev)
             else:
                 raise TypeError(f"Scheduler cannot handle {type(ev).__name__}")
         self._schedule(out)
@@ -204,7 +222,10 @@ class Scheduler:
                 t.missing.add(name)
                 self._waiters.setdefault(name, []).append(t.id)
         self._set_state(t, TaskState.WAITING, out)
-        if missing_reason:
+        unfit = self._unsatisfiable(t)
+        if unfit:
+            self._finish(t, Result.UNSATISFIABLE, out, reason=unfit)
+        elif missing_reason:
             self._finish(t, Result.EXCEPTION, out, reason=missing_reason)
         elif not t.missing:
             self._make_ready(t, out)
@@ -212,9 +233,12 @@ class Scheduler:
     def _on_worker_joined(self, ev: WorkerJoined, out: list[Action]) -> None:
         if ev.worker_id in self.workers:
             return
+        first = not self.workers
         w = _Worker(ev)
         self.workers[w.id] = w
         self._free[w.id] = None
+        if first:
+            self._fail_unsatisfiable(out)
 
     def _on_worker_removed(self, ev: WorkerRemoved, out: list[Action]) -> None:
         w = self.workers.pop(ev.worker_id, None)
@@ -226,6 +250,9 @@ class Scheduler:
             t.worker = None
             if t.state is TaskState.RUNNING:
                 self._attempt_ended(t, Result.WORKER_LOST, None, w.id, out, ev.reason)
+        if self.workers and (w.cores >= max(x.cores for x in self.workers.values())
+                             or w.memory is not None):
+            self._fail_unsatisfiable(out)  # the largest worker may have gone
 
     def _on_cancel(self, ev: CancelRequested, out: list[Action]) -> None:
         t = self.tasks.get(ev.task_id)
@@ -236,6 +263,12 @@ class Scheduler:
             out.append(Kill(t.id, t.worker))
         self._finish(t, Result.CANCELLED, out, reason="cancelled by the manager")
 
+    def _on_file_forgotten(self, ev: FileForgotten) -> None:
+        self._available.discard(ev.cache_name)
+        self._failed_files.pop(ev.cache_name, None)
+        if ev.cache_name not in self._waiters:
+            self._producer.pop(ev.cache_name, None)
+
     def _on_finished(self, ev: TaskFinished, out: list[Action]) -> None:
         t = self.tasks.get(ev.task_id)
         w = self.workers.get(ev.worker_id)
@@ -243,13 +276,33 @@ class Scheduler:
             return  # a late report for an attempt already written off
         self._release_slot(t, w)
         if t.state is not TaskState.RUNNING:
-            return  # cancelled while running: only the slot needed freeing
+            del self.tasks[t.id]  # cancelled while running: only the slot needed freeing
+            return
         if ev.result is Result.SUCCESS:
             self._finish(t, Result.SUCCESS, out, report=ev.report, worker=ev.worker_id)
         else:
             self._attempt_ended(t, ev.result, ev.report, ev.worker_id, out, "")
 
     # ------------------------------------------------------------ helpers
+    def _unsatisfiable(self, t: _Task) -> str:
+        """Why no present worker could ever run ``t`` ("" if one could, or if there are no workers yet)."""
+        if not self.workers or (not t.cores and not t.memory):
+            return ""
+        if any(w.could_fit(t) for w in self.workers.values()):
+            return ""
+        cores = max(w.cores for w in self.workers.values())
+        mems = [w.memory for w in self.workers.values() if w.memory]
+        need = f"{t.cores or 'all'} core(s)" + (f" and {t.memory} MB" if t.memory else "")
+        have = f"{cores} core(s)" + (f" and {max(mems)} MB" if mems else "")
+        return (f"it needs {need} but the largest of the {len(self.workers)} worker(s) offers {have}: "
+                "no worker can ever run it. Ask for fewer cores/less memory per task, or start larger workers")
+
+    def _fail_unsatisfiable(self, out: list[Action]) -> None:
+        for t in list(self.tasks.values()):
+            if t.state in (TaskState.WAITING, TaskState.READY):
+                why = self._unsatisfiable(t)
+                if why:
+                    self._finish(t, Result.UNSATISFIABLE, out, reason=why)
     def _attempt_ended(self, t: _Task, result: Result, report, worker: str | None,
                        out: list[Action], why: str) -> None:
         if result in _RETRYABLE and t.attempts <= t.retries:
@@ -296,6 +349,8 @@ class Scheduler:
         if result is not Result.SUCCESS:
             self._n_failed += 1
         out.append(Complete(t.id, result, report, worker, t.attempts, reason))
+        if t.worker is None:  # done tasks are forgotten (memory stays flat however many ran) unless
+            del self.tasks[t.id]  # a cancelled attempt still holds its slot (see _on_finished)
         for name in t.outputs:
             if self._producer.get(name) != t.id:
                 continue

@@ -6,14 +6,16 @@
     ├── ManagerClosedError      the manager was used after close()
     ├── TaskSubmissionError     a task cannot be submitted (not picklable, library missing, ...)
     ├── EngineError             an engine could not start or lost its cluster
-    └── FileFetchError          fetch_file() of something that does not exist (yet)
+    ├── FileFetchError          fetch_file() of something that does not exist (yet)
+    └── UnsatisfiableTaskError  (a task's output, not raised) no worker can ever fit its resources
 
 A task's own failure is never raised: it is the task's ``result`` and ``output``.
 """
 
 from __future__ import annotations
 
-__all__ = ["VinecoreError", "ManagerClosedError", "TaskSubmissionError", "EngineError", "FileFetchError"]
+__all__ = ["VinecoreError", "ManagerClosedError", "TaskSubmissionError", "EngineError", "FileFetchError",
+           "UnsatisfiableTaskError"]
 
 
 class VinecoreError(Exception):
@@ -34,3 +36,7 @@ class EngineError(VinecoreError, RuntimeError):
 
 class FileFetchError(VinecoreError, FileNotFoundError):
     pass
+
+
+class UnsatisfiableTaskError(VinecoreError):
+    """The ``output`` of a task that ended as ``unsatisfiable``: no worker can ever fit it."""

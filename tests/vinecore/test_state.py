@@ -163,12 +163,12 @@ def test_hungry_tracks_slots_and_queue():
     assert (c.running, c.ready, c.workers, c.slots) == (3, 1, 2, 3)
 
 
-def test_task_that_fits_nowhere_stays_ready_and_does_not_block_others():
+def test_task_that_fits_nowhere_fails_and_does_not_block_others():
     s = Scheduler()
     s.handle(WorkerJoined("w", cores=2, slots=2))
     acts = s.handle(TaskSubmitted(1, cores=8), TaskSubmitted(2, cores=1))
     assert dispatches(acts) == [(2, "w")]
-    assert s.state_of(1) is TaskState.READY
+    assert completes(acts) == {1: Result.UNSATISFIABLE}
 
 
 def test_duplicate_submission_is_an_error():
@@ -190,3 +190,49 @@ def test_many_tasks_scale_linearly():
         done += 1
         running += [d[0] for d in dispatches(acts)]
     assert done == 20_000 and s.counts().done == 20_000
+
+
+def test_a_task_no_worker_can_ever_fit_fails_at_once_with_the_reason():
+    s = Scheduler()
+    s.handle(WorkerJoined("a", cores=1), WorkerJoined("b", cores=1))
+    acts = s.handle(TaskSubmitted(1, cores=2), TaskSubmitted(2, cores=1))
+    done = {a.task_id: a for a in acts if isinstance(a, Complete)}
+    assert set(done) == {1} and done[1].result is Result.UNSATISFIABLE
+    assert "2 core(s)" in done[1].reason and "offers 1 core(s)" in done[1].reason
+    assert dispatches(acts) == [(2, "a")]
+    assert s.state_of(1) is None  # done and forgotten
+
+
+def test_memory_beyond_every_worker_is_unsatisfiable_but_a_busy_worker_is_not():
+    s = Scheduler()
+    s.handle(WorkerJoined("a", cores=2, memory=1000))
+    acts = s.handle(TaskSubmitted(1, cores=2, memory=800), TaskSubmitted(2, cores=2, memory=800),
+                    TaskSubmitted(3, cores=1, memory=2000))
+    assert completes(acts) == {3: Result.UNSATISFIABLE}
+    assert dispatches(acts) == [(1, "a")] and s.state_of(2) is TaskState.READY  # waits for the busy worker
+
+
+def test_tasks_wait_while_there_are_no_workers_and_the_first_worker_decides():
+    s = Scheduler()
+    acts = s.handle(TaskSubmitted(1, cores=4), TaskSubmitted(2, cores=1))
+    assert completes(acts) == {}
+    acts = s.handle(WorkerJoined("a", cores=2))
+    assert completes(acts) == {1: Result.UNSATISFIABLE} and dispatches(acts) == [(2, "a")]
+
+
+def test_losing_the_only_large_worker_fails_what_only_it_could_run():
+    s = Scheduler()
+    s.handle(WorkerJoined("big", cores=4, slots=1), WorkerJoined("small", cores=1))
+    s.handle(TaskSubmitted(1, cores=4, retries=1), TaskSubmitted(2, cores=4))
+    assert s.state_of(1) is TaskState.RUNNING and s.state_of(2) is TaskState.READY
+    acts = s.handle(WorkerRemoved("big"))  # 1 would be retried, 2 was waiting: neither can run now
+    assert completes(acts) == {1: Result.UNSATISFIABLE, 2: Result.UNSATISFIABLE}
+
+
+def test_done_tasks_are_forgotten_so_memory_stays_flat():
+    s = Scheduler()
+    s.handle(WorkerJoined("w", slots=4, cores=4))
+    for i in range(1, 1001):
+        s.handle(TaskSubmitted(i, cores=1))
+        s.handle(finished(i, "w"))
+    assert len(s.tasks) == 0 and s.counts().done == 1000

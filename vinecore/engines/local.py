@@ -68,7 +68,10 @@ class LocalEngine:
                  env: dict[str, str] | None = None, prefix: str = "local-") -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.n_workers = workers or os.cpu_count() or 1
+        if cores_per_worker < 1:
+            raise ValueError(f"cores_per_worker must be at least 1, got {cores_per_worker}")
+        # default: as many workers of this size as the machine's cores hold (at least one)
+        self.n_workers = workers or max(1, (os.cpu_count() or 1) // cores_per_worker)
         self.cores = cores_per_worker
         self.store = DirStore(os.path.join(run_dir, "store"))
         self.env = dict(os.environ)

@@ -1,11 +1,16 @@
 """The sync engine: every task runs in the caller's process, one at a time,
 inside ``Manager.wait``. Deterministic, debuggable with pdb, no processes.
 
-It offers ``workers`` virtual workers (default 1), each with its own library
-contexts. Memory and time limits are enforced as in a worker process (address
-space limit, SIGALRM in the main thread). ``os._exit`` in a task is intercepted
-and reported as ``worker lost``; that virtual worker's contexts are then
-rebuilt, as a real worker would be replaced.
+It offers ``workers`` virtual workers (default 1) of ``cores_per_worker``
+cores each, every one with its own library contexts.
+
+It runs in *your* process, so it leaves your process alone: no address-space
+limit (a task over its memory allocation is reported as ``resource
+exhaustion`` after it ends, from its measured peak), a time limit by
+``SIGALRM`` only when the task runs in the main thread (otherwise judged
+after it ends), only the task thread's output captured, and ``os._exit`` in a
+task ends your process as it would anywhere else. Use the local engine to
+see what a worker process would do.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ __all__ = ["SyncEngine"]
 class SyncEngine:
     name = "sync"
     poll_waits = False  # poll() returns at once: with nothing queued, nothing will ever happen
+    in_process = True  # tasks share the caller's process (os._exit would end it)
 
     def __init__(self, workers: int | None = None, *, run_dir: str, cores_per_worker: int = 1) -> None:
         self.n_workers = workers or 1
@@ -71,8 +77,6 @@ class SyncEngine:
                 return [TaskFinished(spec.task_id, wid, Result.CANCELLED,
                                      Outcome(spec.task_id, Result.CANCELLED, None, "", 0, 0, 0, 0, wid))]
             outcome = self.runtimes[wid].execute(spec)
-            if outcome.result is Result.WORKER_LOST:
-                self.runtimes[wid] = self._runtime(wid)  # a fresh "process"
             return [TaskFinished(spec.task_id, wid, outcome.result, outcome, held_on=wid)]
         return []
 
