@@ -3,16 +3,18 @@
 Layers (datasets -> plan -> tasks -> engine -> reduce)::
 
     _datasets   coffea fileset dialects -> Dataset, FileSpec
-    _planning   lazy chunk planning: files -> Chunk (file, tree, start, stop)
+    _planning   chunks and entry-range arithmetic: files -> Chunk (file, tree, start, stop)
     _chunking   adaptive chunk sizing policy
-    _sources    per-dataset lazy work supply (counting on workers, requeues)
-    _worker     the "ddr" vinecore library: process / accumulate / count on workers
-    _coffea     worker side: NanoEvents with cached open files, processors, errors
+    _planner    per-dataset planners: lazy work, counting, sizing, resume gaps, splits, retries
+    _reduction  the reduction core: a pure state machine (events in, actions out)
+    _worker     the run's vinecore library: process / accumulate / count on workers
+    _coffea     worker side for coffea: NanoEvents with cached open files, processors, errors
     _reducers   default reducer: coffea's accumulate semantics
-    _ledger     exactly-once accounting of what each partial covers
-    _driver     Reduction: submits tasks, reduces on workers, splits and retries
+    _ledger     exactly-once accounting of what each partial covers; what is missing
+    _driver     the one loop: carries out the state machine's actions on a vinecore manager
     _journal    checkpoints of merged partials for --resume
-    _api        DynamicDataReduction, CoffeaDynamicDataReduction, build_report
+    _report     the run report
+    _api        DynamicDataReduction, CoffeaDynamicDataReduction
     _handle     RunHandle: a run in the background (progress, partial(), cancel, await)
     progress    rich / plain / Jupyter progress views
     plotting    ddr.plot and `ddr plot` (hist + mplhep conventions)
@@ -30,11 +32,21 @@ from ._datasets import Dataset, FileSpec, load_fileset, write_fileset
 from ._driver import DatasetProgress
 from ._planning import Chunk
 from ._reducers import accumulate_pair
-from .exceptions import BadInputError, DatasetNotFound, DDRError, FilesetError, ProcessorError, TreeNotFound
+from .exceptions import (
+    BadInputError,
+    ChunkResourceError,
+    DatasetNotFound,
+    DDRError,
+    FilesetError,
+    ProcessorError,
+    ReducerError,
+    TreeNotFound,
+)
 
 __all__ = [
     "BadInputError",
     "Chunk",
+    "ChunkResourceError",
     "CoffeaDynamicDataReduction",
     "DDRError",
     "Dataset",
@@ -44,6 +56,7 @@ __all__ = [
     "FileSpec",
     "FilesetError",
     "ProcessorError",
+    "ReducerError",
     "RunHandle",
     "TreeNotFound",
     "accumulate_pair",

@@ -4,28 +4,32 @@
 with sizes, any ``postprocess`` that turns an item into the processors' input,
 any commutative and associative ``reducer``. ``CoffeaDynamicDataReduction``
 fills those in for coffea filesets and NanoEvents.
+
+Every run goes through one path: :meth:`~DynamicDataReduction.submit` starts a
+:class:`~ddr.RunHandle` (a driver loop in a background thread) and
+:meth:`~DynamicDataReduction.compute` is ``submit().result()``.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import vinecore
 
 from ._chunking import ChunkSizer
 from ._datasets import Dataset, load_fileset
-from ._driver import DatasetProgress, Reduction, RunOptions
+from ._driver import DatasetProgress, Driver, RunOptions
+from ._planner import FilesetPlanner, GenericPlanner, Planner
 from ._reducers import accumulate_pair
-from ._sources import FilesetSource, GenericSource
+from ._reduction import Notice, ReductionState
 from ._worker import Job
 from .exceptions import DDRError
 
 if TYPE_CHECKING:
     from ._handle import RunHandle
 
-__all__ = ["DynamicDataReduction", "CoffeaDynamicDataReduction", "build_report", "normalize_processors"]
+__all__ = ["DynamicDataReduction", "CoffeaDynamicDataReduction", "normalize_processors"]
 
 _run_counter = 0
 
@@ -74,36 +78,56 @@ class DynamicDataReduction:
     reducer:
         ``(a, b) -> merged``; commutative and associative. Default: coffea's
         ``accumulate`` semantics (dicts of hist, numbers, sets, accumulators).
+    splitter:
+        ``(item, size) -> [(item, size), ...]``: how to split an item that ran
+        out of memory or time, for items without a ``split(parts)`` method.
+        Without either, such an item fails (clearly) instead of being split.
     accumulation_size:
-        how many partial results one accumulation task merges.
+        how many partial results one accumulation task merges (at least 2).
     manager:
         an open :class:`vinecore.Manager` to reuse (warm workers); otherwise one
         is created with ``engine``, ``workers`` and ``run_dir`` and closed at the end.
-        A reused manager keeps its workers; each run's library (processors,
-        open files) is removed from them when the run ends.
+        A manager runs one reduction at a time; each run's library (processors,
+        open files) is removed from its workers when the run ends.
     cores, memory, time_max:
-        resources of each processing task (memory in MB, time in s).
+        resources of each processing task (memory in MB, time in s). A manager
+        created here gets workers of ``cores`` cores (local and sync engines).
+    skip_bad_files:
+        record unreadable input and go on instead of stopping.
+    keep_going:
+        record chunks on which the processor raised (or that ran out of
+        resources even at the smallest split) and finish everything else,
+        instead of stopping at the first.
     """
 
     def __init__(self, data: Any, processors: Any, *, preprocess: Callable[[Any], Iterable[Any]] | None = None,
                  postprocess: Callable[[Any], Any] | None = None,
-                 reducer: Callable[[Any, Any], Any] | None = None, accumulation_size: int = 8,
-                 manager: vinecore.Manager | None = None, engine: Any = "local", workers: int | None = None,
-                 run_dir: str | os.PathLike | None = None, cores: int = 1, memory: int | None = None,
-                 time_max: float | None = None, retries: int = 3, skip_bad_files: bool = False,
+                 reducer: Callable[[Any, Any], Any] | None = None,
+                 splitter: Callable[[Any, int], Iterable[tuple[Any, int]]] | None = None,
+                 accumulation_size: int = 8, manager: vinecore.Manager | None = None, engine: Any = "local",
+                 workers: int | None = None, run_dir: str | os.PathLike | None = None, cores: int = 1,
+                 memory: int | None = None, time_max: float | None = None, retries: int = 3,
+                 skip_bad_files: bool = False, keep_going: bool = False,
                  engine_options: Mapping[str, Any] | None = None) -> None:
+        if accumulation_size < 2:
+            raise ValueError(f"accumulation_size must be at least 2 (partials merged per task), got {accumulation_size}")
+        if cores < 1:
+            raise ValueError(f"cores must be at least 1, got {cores}")
         self.processors, self._single = normalize_processors(processors)
         self.data = data
         self.preprocess = preprocess
         self.postprocess = postprocess
         self.reducer = reducer or accumulate_pair
+        self.splitter = splitter
         self.manager = manager
         self.engine, self.workers, self.run_dir = engine, workers, run_dir
         self.engine_options = dict(engine_options or {})
         self.options = RunOptions(accumulation_size=accumulation_size, cores=cores, memory=memory,
-                                  time_max=time_max, retries=retries, skip_bad_files=skip_bad_files)
-        self.last_run: Reduction | None = None
+                                  time_max=time_max, retries=retries, skip_bad_files=skip_bad_files,
+                                  keep_going=keep_going)
+        self.last_run: Driver | None = None
         self.report: dict[str, Any] | None = None
+        self.notices: list[str] = []  # what the run told the user (resume started afresh, ...)
 
     # hooks the coffea flavour overrides
     def _datasets(self) -> Mapping[str, Any]:
@@ -114,65 +138,70 @@ class DynamicDataReduction:
             raise ValueError("data must be {'datasets': {name: spec}} or {name: spec} with at least one dataset")
         return data
 
-    def _sources(self) -> tuple[dict[str, Any], dict[str, ChunkSizer]]:
+    def _planners(self, skip: Mapping[str, Mapping[str, list[tuple[int, int]]]]) -> dict[str, Planner]:
         if self.preprocess is None:
             raise ValueError("DynamicDataReduction needs preprocess=...; for coffea filesets use "
                              "CoffeaDynamicDataReduction")
-        return {name: GenericSource(name, self.preprocess(spec)) for name, spec in self._datasets().items()}, {}
+        return {name: GenericPlanner(name, self.preprocess(spec), splitter=self.splitter,
+                                     min_split=self.options.min_split)
+                for name, spec in self._datasets().items()}
 
     def _job(self) -> Job:
-        return Job(self.processors, self.postprocess, self.reducer, self.options.cores, coffea=False)
+        return Job(self.processors, self.postprocess, self.reducer, self.options.cores)
+
+    def _resume(self) -> tuple[dict[str, tuple[Any, Any]], Any]:
+        """``({dataset: (value, coverage)} to start from, checkpointer or None)``; none in the generic form."""
+        return {}, None
 
     # ---------------------------------------------------------------- run
     def _open_manager(self) -> tuple[vinecore.Manager, bool]:
         if self.manager is not None:
             return self.manager, False
-        m = vinecore.Manager(engine=self.engine, workers=self.workers, run_dir=self.run_dir,
-                             **self.engine_options)
+        options = dict(self.engine_options)
+        if self.engine in ("local", "sync"):
+            options.setdefault("cores_per_worker", self.options.cores)  # tasks ask for what workers have
+        m = vinecore.Manager(engine=self.engine, workers=self.workers, run_dir=self.run_dir, **options)
         return m, True
 
-    def _start(self, manager: vinecore.Manager, on_event=None) -> Reduction:
+    def _start(self, manager: vinecore.Manager, on_notice: Callable[[Notice], None] | None = None) -> Driver:
         global _run_counter
         _run_counter += 1
-        sources, sizers = self._sources()
-        run = Reduction(manager, self._job(), sources, sizers, self.options,
-                        library_name=f"ddr-{os.getpid()}-{_run_counter}", on_event=on_event)
+        seed, checkpointer = self._resume()
+        skip = {ds: {p: list(rs) for p, rs in cov.ranges.items()} for ds, (_, cov) in seed.items()}
+        o = self.options
+        machine = ReductionState(self._planners(skip), accumulation_size=o.accumulation_size, retries=o.retries,
+                                 skip_bad_files=o.skip_bad_files, keep_going=o.keep_going,
+                                 seed={ds: cov for ds, (_, cov) in seed.items()})
+        run = Driver(manager, self._job(), machine, o, library_name=f"ddr-{os.getpid()}-{_run_counter}",
+                     seeds={ds: value for ds, (value, _) in seed.items()}, checkpointer=checkpointer,
+                     on_notice=on_notice)
         self.last_run = run
         return run
 
     def compute(self, *, progress: Callable[[list[DatasetProgress]], None] | None = None,
                 progress_interval: float = 0.5) -> dict[str, Any]:
-        """Run to the end; ``{dataset: result}`` (one processor) or ``{processor: {dataset: result}}``."""
-        m, own = self._open_manager()
-        run = None
-        try:
-            run = self._start(m)
-            last = 0.0
-            while not run.step(0.25):
-                if progress is not None and time.monotonic() - last >= progress_interval:
-                    progress(run.progress())
-                    last = time.monotonic()
-            if progress is not None:
-                progress(run.progress())
-            if run.error is not None:
-                raise run.error
-            return self._assemble(run)
-        finally:
-            if own:
-                m.close()
-            elif run is not None:
-                run.close()  # the manager stays: drop this run's library context from its workers
+        """Run to the end; ``{dataset: result}`` (one processor) or ``{processor: {dataset: result}}``.
 
-    def submit(self) -> "RunHandle":
+        Exactly ``submit().result()``; an interrupt (Ctrl-C) cancels the run, waits for it to stop
+        (its report and checkpoint are written) and is raised again."""
+        handle = self.submit(progress=progress, progress_interval=progress_interval)
+        try:
+            return handle.result()
+        except KeyboardInterrupt:
+            handle.cancel(timeout=60)
+            raise
+
+    def submit(self, *, progress: Callable[[list[DatasetProgress]], None] | None = None,
+               progress_interval: float = 0.5) -> "RunHandle":
         """Start without blocking; returns a :class:`~ddr.RunHandle` (works inside Jupyter)."""
         from ._handle import RunHandle
 
-        return RunHandle(self)
+        return RunHandle(self, progress=progress, progress_interval=progress_interval)
 
-    def _assemble(self, run: Reduction) -> dict[str, Any]:
-        self.report = build_report(run)
+    def _assemble(self, results: Mapping[str, Any]) -> dict[str, Any]:
+        """``{dataset: {processor: value}}`` -> the shape compute() returns, postprocessed."""
         out: dict[str, dict[str, Any]] = {name: {} for name in self.processors}
-        for ds, value in run.results.items():
+        for ds, value in results.items():
             for name, proc in self.processors.items():
                 v = None if value is None else value.get(name)
                 post = getattr(proc, "postprocess", None)
@@ -191,7 +220,9 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
     ``fileset`` is a path to a fileset JSON (raw or preprocessed dialect) or the
     loaded dict. Chunks are cut lazily; entries are counted on the workers
     where the fileset lacks them; chunk sizes adapt to measured time and
-    memory unless ``chunk_size`` fixes them.
+    memory unless ``chunk_size`` fixes them. With ``run_dir`` and
+    ``checkpoint_every``, checkpoints are written there; ``resume=True`` starts
+    from the run directory's checkpoint (or afresh, saying so, if it has none).
     """
 
     def __init__(self, fileset: Any, processors: Any, *, schema: Any = "NanoAOD", chunk_size: int | None = None,
@@ -210,7 +241,6 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
         self.options.min_split = min_split
         self.chunk_size = chunk_size
         self.sizing = dict(initial=initial_chunk_size, target_seconds=target_seconds, max_size=max_chunk_size)
-        self.skip_ranges: dict[str, dict[str, list[tuple[int, int]]]] = {}
         self.schema = schema
         self.checkpoint_every = checkpoint_every
         self.resume = resume
@@ -226,54 +256,31 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
         return fingerprint(datasets=datasets, processors=procs, schema=str(self.schema),
                            extra=self.fingerprint_extra)
 
-    def _start(self, manager: vinecore.Manager, on_event=None) -> Reduction:
+    def _resume(self) -> tuple[dict[str, tuple[Any, Any]], Any]:
         from ._journal import Checkpointer, load_checkpoint
 
-        seed = {}
+        seed: dict[str, tuple[Any, Any]] = {}
         if self.resume:
             if self.run_dir is None:
                 raise DDRError("resume=True needs the run_dir of the run to resume")
-            seed = load_checkpoint(self.run_dir, self.fingerprint())
-            self.skip_ranges = {ds: {p: list(rs) for p, rs in cov.ranges.items()} for ds, (_, cov) in seed.items()}
-        run = super()._start(manager, on_event)
-        if seed:
-            run.resume_from(seed)
+            found = load_checkpoint(self.run_dir, self.fingerprint())
+            if found is None:
+                self.notices.append(f"--resume: no checkpoint in {self.run_dir} yet; starting afresh")
+            else:
+                seed = found
+        checkpointer = None
         if self.run_dir is not None and self.checkpoint_every is not None:
-            run.checkpointer = Checkpointer(self.run_dir, self.fingerprint(), self.checkpoint_every)
-        return run
+            checkpointer = Checkpointer(self.run_dir, self.fingerprint(), self.checkpoint_every)
+        return seed, checkpointer
 
-    def _sources(self):
-        sources, sizers = {}, {}
+    def _planners(self, skip: Mapping[str, Mapping[str, list[tuple[int, int]]]]) -> dict[str, Planner]:
+        planners: dict[str, Planner] = {}
         for name, ds in self.datasets.items():
             sizer = ChunkSizer(initial=min(self.sizing["initial"], self.sizing["max_size"]),
                                target_seconds=self.sizing["target_seconds"], max_size=self.sizing["max_size"],
                                memory_mb=self.options.memory, fixed=self.chunk_size,
                                min_size=min(1000, self.chunk_size or 1000))
-            skip = self.skip_ranges.get(name)
-            sources[name] = FilesetSource(ds, sizer, lookahead=self.options.lookahead,
-                                          skip=(lambda path, s=skip: s.get(path, [])) if skip else None)
-            sizers[name] = sizer
-        return sources, sizers
-
-    def _job(self) -> Job:
-        return Job(self.processors, self.postprocess, self.reducer, self.options.cores, coffea=True)
-
-
-def build_report(run: Reduction) -> dict[str, Any]:
-    wall = time.monotonic() - run.started
-    datasets = {}
-    total = 0
-    for ds, led in run.ledgers.items():
-        led.events_expected = run.sources[ds].events_expected
-        rep = led.to_report()
-        datasets[ds] = rep
-        total += rep["events_processed"]
-    return {
-        "datasets": datasets,
-        "wall_time": round(wall, 3),
-        "events_processed": total,
-        "events_per_second": round(total / wall, 1) if wall > 0 else None,
-        "first_result_seconds": None if run.first_result_at is None else round(run.first_result_at - run.started, 3),
-        "complete": all(d["complete"] for d in datasets.values()) and run.error is None,
-        "error": None if run.error is None else f"{type(run.error).__name__}: {run.error}",
-    }
+            planners[name] = FilesetPlanner(ds, sizer, lookahead=self.options.lookahead,
+                                            skip={p: list(rs) for p, rs in skip.get(name, {}).items()},
+                                            min_split=self.options.min_split)
+        return planners

@@ -249,6 +249,11 @@ class NanoEventsOpener:
                 trees[tree] = _Tree(_get_tree(file, path, tree, dataset, start, stop), file)
             return trees[tree]
 
+    def process_item(self, chunk: Chunk, processors: Mapping[str, Any], *, cores: int = 1,
+                     reducer: Callable[[Any, Any], Any] = accumulate_pair) -> dict[str, Any]:
+        """Run every processor on the chunk's events (see :func:`process_chunk`); ddr's worker calls this."""
+        return process_chunk(self, processors, chunk, cores=cores, reducer=reducer)
+
     def __call__(self, chunk: Chunk) -> Any:
         where = (chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop)
         t = self._tree(chunk.path, chunk.tree, chunk.dataset, chunk.start, chunk.stop)
@@ -434,7 +439,7 @@ def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any],
     """
     try:
         if cores <= 1 or chunk.size < 2:
-            return _process(opener, processors, chunk, "threads")
+            return _process(opener, processors, chunk, "sync")  # one core: no thread pool at all
         import dask
 
         if hasattr(opener, "open_tree"):  # open once, in this thread: the parts share the file

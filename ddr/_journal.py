@@ -83,16 +83,15 @@ class Checkpointer:
         self.written += 1
 
 
-def load_checkpoint(run_dir: str | os.PathLike, fp: str) -> dict[str, tuple[Any, Coverage]]:
-    """``{dataset: (value, coverage)}`` from the run directory's checkpoint.
+def load_checkpoint(run_dir: str | os.PathLike, fp: str) -> dict[str, tuple[Any, Coverage]] | None:
+    """``{dataset: (value, coverage)}`` from the run directory's checkpoint; None when there is none
+    (the run to resume was killed before its first checkpoint: a restart starts afresh).
 
-    Raises :class:`DDRError` when there is none or it belongs to another run.
+    Raises :class:`DDRError` when the checkpoint cannot be read or belongs to another run.
     """
     path = os.path.join(os.fspath(run_dir), CHECKPOINT_NAME)
     if not os.path.exists(path):
-        raise DDRError(f"--resume: no checkpoint in {run_dir} ({CHECKPOINT_NAME} is missing). The first run "
-                       "wrote none (it was killed before its first checkpoint, or ran with another --run-dir); "
-                       "run again without --resume.")
+        return None
     try:
         with open(path, "rb") as f:
             doc = cloudpickle.load(f)

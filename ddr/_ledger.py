@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._planning import Chunk, coverage_gaps, merge_ranges
+from ._planning import Chunk, gaps_within, merge_ranges
 
 __all__ = ["Coverage", "DoubleCountError", "DatasetLedger", "failed_fileset"]
 
@@ -61,38 +61,37 @@ class DatasetLedger:
     failed: list[dict[str, Any]] = field(default_factory=list)
     splits: list[dict[str, Any]] = field(default_factory=list)
     chunk_sizes: list[int] = field(default_factory=list)
-    files_total: int = 0
     files_bad: list[dict[str, Any]] = field(default_factory=list)
-    lost_events: int = 0
     events_resumed: int = 0  # taken from a checkpoint instead of processed in this run
     final: Coverage | None = None
     complete: bool = False
     error: str | None = None
 
-    def fail_chunk(self, item: Any, size: int, error: str) -> None:
+    def fail_chunk(self, item: Any, size: int, error: str, kind: str = "error") -> None:
+        """Record a work item that will not be in the result: ``kind`` is bad input, processor error,
+        resource exhaustion, worker lost or unsatisfiable."""
         self.chunks_failed += 1
-        entry: dict[str, Any] = {"error": error, "events": size}
+        entry: dict[str, Any] = {"kind": kind, "error": error, "events": size}
         if isinstance(item, Chunk):
             entry.update(file=item.path, tree=item.tree, start=item.start, stop=item.stop, uuid=item.uuid)
         else:
             entry["item"] = repr(item)[:200]
         self.failed.append(entry)
 
-    def missing_ranges(self, files: dict[str, tuple[str, int]]) -> dict[str, list[tuple[int, int]]]:
-        """Entry ranges of each known file not covered by the final result."""
-        done = self.final.ranges if self.final else {}
-        out = {}
-        for path, (_tree, n) in files.items():
-            gaps = coverage_gaps(n, done.get(path, []))
-            if gaps:
-                out[path] = gaps
-        return out
-
-    def to_report(self) -> dict[str, Any]:
+    def to_report(self, coverage: Coverage | None = None,
+                  expected_files: dict[str, tuple[str, list[tuple[int, int]] | None]] | None = None
+                  ) -> dict[str, Any]:
+        """The dataset's part of the run report. ``coverage``: what the written result covers (the final
+        coverage, or what a stopped run held); ``expected_files``: the planner's files and their ranges."""
+        cov = coverage if coverage is not None else (self.final or Coverage())
         sizes = self.chunk_sizes
+        files = {}
+        for path, (tree, expected) in (expected_files or {}).items():
+            files[path] = {"tree": tree, "expected": None if expected is None else [list(r) for r in expected],
+                           "covered": [list(r) for r in cov.ranges.get(path, [])]}
         return {
             "events_expected": self.events_expected,
-            "events_processed": self.final.events if self.final else 0,
+            "events_processed": cov.events,
             "events_resumed": self.events_resumed,
             "complete": self.complete,
             "chunks_done": self.chunks_done,
@@ -102,32 +101,35 @@ class DatasetLedger:
             "splits": self.splits,
             "chunk_sizes": {"first": sizes[:20], "last": sizes[-20:], "min": min(sizes, default=None),
                             "max": max(sizes, default=None), "count": len(sizes)},
+            "files": files,
             "error": self.error,
         }
 
 
 def failed_fileset(report_datasets: dict[str, dict[str, Any]],
                    metadata: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What a run could not process, as a coffea fileset that ``ddr run`` accepts.
+    """What a run's result lacks, as a coffea fileset that ``ddr run`` accepts.
 
-    Failed chunks become ``steps`` of their file (coffea's preprocessed
-    dialect; the ranges are disjoint, so redoing them cannot count an event
-    twice); files that could not be opened at all are listed whole.
+    Per incomplete dataset and file: the expected entry ranges that the result does not cover become
+    ``steps`` (coffea's preprocessed dialect; they are disjoint from what is covered, so a redo merged
+    with the result cannot count an event twice); files whose entries were never known (unreadable,
+    or not reached before the run stopped) are listed whole.
     """
     out: dict[str, Any] = {}
     for ds, rep in report_datasets.items():
+        if rep.get("complete"):
+            continue
         files: dict[str, Any] = {}
-        for c in rep.get("failed_chunks", []):
-            if "file" not in c:
+        for path, f in rep.get("files", {}).items():
+            if f["expected"] is None:
+                files[path] = f["tree"]
                 continue
-            entry = files.setdefault(c["file"], {"object_path": c["tree"], "steps": []})
-            entry["steps"].append([c["start"], c["stop"]])
-        for b in rep.get("bad_files", []):
-            files[b["file"]] = b["tree"]
-        for entry in files.values():
-            if isinstance(entry, dict):
-                entry["steps"] = [list(r) for r in merge_ranges([tuple(x) for x in entry["steps"]])]
+            covered = [tuple(r) for r in f["covered"]]
+            gaps = [g for a, b in f["expected"] for g in gaps_within(a, b, covered)]
+            if gaps:
+                files[path] = {"object_path": f["tree"], "steps": [list(g) for g in gaps]}
         if files:
             meta = {k: v for k, v in metadata.get(ds, {}).items() if k != "dataset"}
             out[ds] = {"files": files, "metadata": meta} if meta else {"files": files}
     return out
+

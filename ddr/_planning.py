@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 from ._datasets import FileSpec
 
-__all__ = ["Chunk", "iter_file_chunks", "merge_ranges", "coverage_gaps", "find_overlaps"]
+__all__ = ["Chunk", "iter_file_chunks", "merge_ranges", "coverage_gaps", "gaps_within", "find_overlaps"]
 
 
 @dataclass(frozen=True, order=True)
@@ -113,6 +113,12 @@ def coverage_gaps(total: int, ranges: Iterable[tuple[int, int]]) -> list[tuple[i
     if pos < total:
         gaps.append((pos, total))
     return gaps
+
+
+def gaps_within(start: int, stop: int, done: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``[start, stop)`` that no range of ``done`` covers, in order."""
+    inside = [(max(s, start) - start, min(e, stop) - start) for s, e in done if s < stop and e > start]
+    return [(s + start, e + start) for s, e in coverage_gaps(stop - start, inside)]
 
 
 def find_overlaps(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -180,10 +180,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except DDRError as exc:
         error = exc
     report = ddr.report
-    if report is None and ddr.last_run is not None:
-        from ._api import build_report
-
-        report = build_report(ddr.last_run)
     if report is not None:
         report["command_seconds"] = round(time.monotonic() - t_start, 3)
         report["first_result_from_start_seconds"] = (

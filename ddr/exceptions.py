@@ -7,7 +7,10 @@
     ├── DatasetNotFound (KeyError)    a dataset name that the fileset does not have
     ├── BadInputError                 a file, tree or entry range cannot be read
     │   └── TreeNotFound              the tree (object_path) is not in the file
-    └── ProcessorError                the user's processor raised on a chunk
+    ├── ProcessorError                the user's processor raised on a chunk
+    ├── ChunkResourceError            a chunk ran out of memory or time even at the smallest split,
+    │                                 its worker was lost too often, or no worker can fit it
+    └── ReducerError                  merging two partial results failed (names processor and key)
 
 Policy: a message names the thing that failed (fileset, dataset, file, tree,
 entry range), shows what does exist (nearest names first, like uproot's
@@ -43,6 +46,8 @@ __all__ = [
     "BadInputError",
     "TreeNotFound",
     "ProcessorError",
+    "ChunkResourceError",
+    "ReducerError",
     "nearest",
     "format_names",
     "classify_input_error",
@@ -229,6 +234,48 @@ class ProcessorError(DDRError):
         err = cls("\n".join(lines), dataset, item, tb)
         err.cause = cause
         return err
+
+
+class ChunkResourceError(DDRError):
+    """A work item that could not be processed for lack of resources, not because of its content.
+
+    ``kind`` is ``resource exhaustion``, ``max wall time``, ``worker lost`` or ``unsatisfiable``;
+    the message names the dataset, the file and entry range (or the item), the cause and the fix."""
+
+    _HINTS = {
+        "resource exhaustion": "raise the memory per task (--memory MB, memory=) or lower --chunk-size; the "
+                               "chunk could not be split any further",
+        "max wall time": "raise the time limit per task (--time-max S, time_max=) or lower --chunk-size; the "
+                         "chunk could not be split any further",
+        "worker lost": "the worker process died while running this chunk every time it was tried (a crash in "
+                       "compiled code, or the machine's out-of-memory killer); check the worker logs",
+        "unsatisfiable": "ask for fewer cores or less memory per task (--cores, --memory), or use larger workers",
+    }
+
+    def __init__(self, kind: str, dataset: str | None, item: Any, cause: str) -> None:
+        self.kind, self.dataset, self.item, self.cause = kind, dataset, item, cause
+        self.file: str | None = getattr(item, "path", None)
+        self.start: int | None = getattr(item, "start", None)
+        self.stop: int | None = getattr(item, "stop", None)
+        lines = [f"a chunk could not be processed: {kind}"]
+        if dataset is not None:
+            lines.append(f"  dataset: {dataset}")
+        if self.file is not None:
+            lines += [f"  file:    {self.file}", f"  tree:    {getattr(item, 'tree', None)}",
+                      f"  entries: {self.start}-{self.stop}"]
+        elif item is not None:
+            lines.append(f"  item:    {repr(item)[:200]}")
+        lines.append(f"  error:   {' '.join(cause.split())[:400]}")
+        lines.append(f"  hint:    {self._HINTS.get(kind, 'see the run report')}")
+        super().__init__("\n".join(lines))
+
+
+class ReducerError(DDRError):
+    """The reducer failed to merge two partial results of a dataset (see ``ddr._worker.merge_parts``)."""
+
+    def __init__(self, message: str, dataset: str | None = None, remote_traceback: str = "") -> None:
+        super().__init__(message if dataset is None else f"dataset {dataset!r}: {message}")
+        self.dataset, self.remote_traceback = dataset, remote_traceback
 
 
 _TRANSIENT_WORDS = ("operation expired", "timed out", "timeout", "connection reset", "connection refused",

@@ -36,10 +36,12 @@ def _eta(s: float | None) -> str:
 class PlainProgress:
     """One line per dataset every ``interval`` seconds (for logs and batch jobs)."""
 
-    def __init__(self, stream: IO[str] | None = None, interval: float = 5.0) -> None:
+    def __init__(self, stream: IO[str] | None = None, interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream or sys.stderr
         self.interval = interval
-        self._last = 0.0
+        self.clock = clock
+        self._last: float | None = None  # nothing printed yet: the first call always prints
         self._unprinted: list[DatasetProgress] | None = None
 
     def __enter__(self) -> "PlainProgress":
@@ -50,8 +52,8 @@ class PlainProgress:
             self(self._unprinted, force=True)
 
     def __call__(self, snaps: list[DatasetProgress], force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
+        now = self.clock()
+        if not force and self._last is not None and now - self._last < self.interval:
             self._unprinted = snaps
             return
         self._last = now

@@ -6,6 +6,7 @@ fileset's total, and compares histograms with a clean run bin for bin.
 """
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.slow
 DIMUON = (ANALYSES / "dimuon.py").read_text()
 
 
-def ddr(*args, cwd=None, timeout=300):
+def ddr(*args, cwd=None, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "ddr.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+                          timeout=timeout, cwd=cwd, env=env)
 
 
 def _analysis(tmp_path, name, body):
@@ -201,13 +202,17 @@ def test_unpicklable_processor_fails_at_submit(tmp_path):
 
 
 # ------------------------------------------------------------------ resume
-SLOW = '''
+GATED = '''
+import os as _os
 import time as _time
 
 
-class SlowDimuon(DimuonProcessor):
+class GatedDimuon(DimuonProcessor):
+    """Chunks past the first 100k entries of a file wait until the file named by $DDR_TEST_GATE exists."""
+
     def process(self, events):
-        _time.sleep(0.25)
+        while events.metadata["entrystart"] >= 100_000 and not _os.path.exists(_os.environ["DDR_TEST_GATE"]):
+            _time.sleep(0.02)
         return super().process(events)
 '''
 
@@ -225,31 +230,35 @@ def _checkpointed_events(path):
 
 def test_sigkill_then_resume_gives_the_clean_output(tmp_path):
     fileset = generate(tmp_path / "data", files=2, events_per_file=200_000, chunk=100_000, seed=11)
-    analysis = _analysis(tmp_path, "slow", SLOW)
-    common = [analysis, "--processor", "SlowDimuon", "--datasets", fileset, "--quiet", "--workers", "2",
+    analysis = _analysis(tmp_path, "gated", GATED)
+    gate = tmp_path / "gate"
+    env = {**os.environ, "DDR_TEST_GATE": str(gate)}
+    common = [analysis, "--processor", "GatedDimuon", "--datasets", fileset, "--quiet", "--workers", "2",
               "--chunk-size", "10000", "--accumulation-size", "4"]
+    gate.touch()
     clean = ddr("run", *common, "-o", tmp_path / "clean.coffea", "--report", tmp_path / "clean.json",
-                "--run-dir", tmp_path / "run-clean")
+                "--run-dir", tmp_path / "run-clean", env=env)
     assert clean.returncode == 0, clean.stderr
+    gate.unlink()  # from now on, chunks past 100k entries of each file block: the run cannot finish
 
     run_dir = tmp_path / "run"
     args = [*common, "-o", tmp_path / "out.coffea", "--report", tmp_path / "out.json", "--run-dir", run_dir,
             "--checkpoint-every", "0.5"]
     first = subprocess.Popen([sys.executable, "-m", "ddr.cli", "run", *map(str, args)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     checkpoint = run_dir / "checkpoint.pkl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None:
-        if _checkpointed_events(checkpoint) >= 40_000:  # some partial results are safe on disk
-            break
+    while _checkpointed_events(checkpoint) < 40_000:  # some partial results are safe on disk
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no checkpoint with 40k events within 120 s"
         time.sleep(0.05)
-    assert first.poll() is None, "the run finished before it could be killed; make it longer"
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=60)
     assert first.returncode == -signal.SIGKILL
     assert not (tmp_path / "out.coffea").exists()
 
-    resumed = ddr("run", *args, "--resume")
+    gate.touch()
+    resumed = ddr("run", *args, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(load(tmp_path / "clean.coffea"), load(tmp_path / "out.coffea"))
     d = json.loads((tmp_path / "out.json").read_text())["datasets"]["Synthetic"]

@@ -13,7 +13,7 @@ from ddr import DynamicDataReduction
 from ddr._chunking import ChunkSizer
 from ddr._datasets import Dataset, FileSpec
 from ddr._planning import Chunk, coverage_gaps, find_overlaps, iter_file_chunks, merge_ranges
-from ddr._sources import FilesetSource
+from ddr._planner import FilesetPlanner
 
 
 def sizes_from(values):
@@ -176,8 +176,8 @@ def test_million_chunk_fileset_is_not_materialised():
     ds = Dataset("big", files, {"dataset": "big"})  # 1000 files x 10^4 chunks = 10^7 chunks
     tracemalloc.start()
     t0 = time.perf_counter()
-    src = FilesetSource(ds, ChunkSizer(fixed=1000))
-    first = [src.next() for _ in range(100)]
+    src = FilesetPlanner(ds, ChunkSizer(fixed=1000))
+    first = [src.next(0.0) for _ in range(100)]
     elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -227,25 +227,25 @@ def test_generic_reduction_is_order_independent():
 
 def test_source_cuts_as_many_files_at_once_as_its_spread():
     files = tuple(FileSpec(f"f{i}.root", "Events", 3000) for i in range(3))
-    one = FilesetSource(Dataset("ds", files, {}), ChunkSizer(fixed=1000))
-    assert [one.next().item.path for _ in range(4)] == ["f0.root"] * 3 + ["f1.root"]
-    two = FilesetSource(Dataset("ds", files, {}), ChunkSizer(fixed=1000))
+    one = FilesetPlanner(Dataset("ds", files, {}), ChunkSizer(fixed=1000))
+    assert [one.next(0.0).item.path for _ in range(4)] == ["f0.root"] * 3 + ["f1.root"]
+    two = FilesetPlanner(Dataset("ds", files, {}), ChunkSizer(fixed=1000))
     two.spread = 2  # the driver sets it to the number of workers
-    got = [two.next().item for _ in range(9)]
+    got = [two.next(0.0).item for _ in range(9)]
     assert [c.path for c in got[:4]] == ["f0.root", "f1.root", "f0.root", "f1.root"]
     assert sorted((c.path, c.start) for c in got) == [(f"f{i}.root", s) for i in range(3) for s in (0, 1000, 2000)]
-    assert two.next() is None and two.exhausted
+    assert two.next(0.0) is None and two.exhausted
 
 
 def test_source_counts_enough_files_to_feed_its_spread():
     files = tuple(FileSpec(f"f{i}.root", "Events", None) for i in range(10))
-    src = FilesetSource(Dataset("ds", files, {}), ChunkSizer(fixed=1000), lookahead=2)
+    src = FilesetPlanner(Dataset("ds", files, {}), ChunkSizer(fixed=1000), lookahead=2)
     src.spread = 6
     asks = []
-    while (got := src.next()) is not None:
+    while (got := src.next(0.0)) is not None:
         asks.append(got)
     assert [a.file.path for a in asks] == [f"f{i}.root" for i in range(6)]  # max(lookahead, spread) in flight
     for a in asks:
-        src.counted(a.file, 1500, None)
-    first = [src.next() for _ in range(6)]
+        src.counted(a, 1500, None)
+    first = [src.next(0.0) for _ in range(6)]
     assert {w.item.path for w in first} == {f"f{i}.root" for i in range(6)}

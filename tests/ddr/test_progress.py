@@ -32,3 +32,14 @@ def test_table_names_every_dataset():
     text = format_table([snap(20), DatasetProgress("TT", 0, None, 0, 0, 1, 0.0, None, False)], "running", 1.5)
     assert text.splitlines()[0] == "ddr run: running (1.5 s)"
     assert "DY" in text and "20/40" in text and "50.0%" in text and "TT" in text and "0/?" in text
+
+
+def test_the_first_line_is_printed_on_a_freshly_booted_machine():
+    # time.monotonic() counts from boot: a few seconds after boot it is small. The first state must be
+    # printed however small the clock is (it was dropped when `now - 0.0 < interval`).
+    out = io.StringIO()
+    with PlainProgress(out, interval=3600, clock=lambda: 3.0) as bars:
+        bars([snap(0)])
+        bars([snap(40, finished=True)])
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[ddr] DY: 0/40 events") and lines[-1].endswith("done") and len(lines) == 2
