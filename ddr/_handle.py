@@ -98,6 +98,10 @@ class RunHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the run has ended (at most ``timeout`` seconds); whether it has."""
+        return self._done.wait(timeout)
+
     def cancelled(self) -> bool:
         return self._done.is_set() and self._status in ("cancelled", "interrupted")
 

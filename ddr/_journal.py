@@ -40,10 +40,14 @@ import cloudpickle
 from ._ledger import Coverage
 from .exceptions import DDRError
 
-__all__ = ["Checkpointer", "load_checkpoint", "fingerprint", "CHECKPOINT_NAME"]
+__all__ = ["Checkpointer", "load_checkpoint", "fingerprint", "CHECKPOINT_NAME", "ResumeError"]
 
 CHECKPOINT_NAME = "checkpoint.pkl"
 _FORMAT = 1
+
+
+class ResumeError(DDRError):
+    """``--resume`` cannot use the run directory's checkpoint (another run's, or unreadable)."""
 
 
 def fingerprint(**parts: Any) -> str:
@@ -96,10 +100,10 @@ def load_checkpoint(run_dir: str | os.PathLike, fp: str) -> dict[str, tuple[Any,
         with open(path, "rb") as f:
             doc = cloudpickle.load(f)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
-        raise DDRError(f"--resume: the checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+        raise ResumeError(f"--resume: the checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
                        "delete it and run again without --resume.") from exc
     if doc.get("fingerprint") != fp:
-        raise DDRError(f"--resume: the checkpoint in {run_dir} belongs to a different run (another fileset, "
+        raise ResumeError(f"--resume: the checkpoint in {run_dir} belongs to a different run (another fileset, "
                        "analysis or options that change results). Use the same command as the first run, "
                        "or another --run-dir without --resume.")
     out = {}

@@ -8,13 +8,10 @@ failures or stopped on an error (the report says which), 2 for usage errors
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from typing import Any
 
-from vinecore.exceptions import EngineError
 
 from .exceptions import DDRError
 
@@ -41,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-max", type=float, metavar="S", help="wall time limit per task; over it a chunk is split")
     r.add_argument("--accumulation-size", type=int, default=8, metavar="K", help="partials merged per accumulation task")
     r.add_argument("--skip-bad-files", action="store_true", help="record unreadable input and go on")
+    r.add_argument("--keep-going", action="store_true",
+                   help="record chunks on which the processor raises (or that run out of resources even at the "
+                        "smallest split) and finish everything else, instead of stopping at the first")
     r.add_argument("--report", metavar="REPORT.json", help="write the run report")
     r.add_argument("--failed-fileset", metavar="FILE.json",
                    help="where to write what could not be processed, as a fileset to redo "
@@ -133,100 +133,10 @@ def _check_inputs(datasets: dict, skip: bool) -> None:
                        "or pass --skip-bad-files to run without them")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from ._analysis import load_analysis
-    from ._api import CoffeaDynamicDataReduction
-    from ._datasets import load_fileset
-    from .progress import make_progress
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from ._run_command import run_command
 
-    t_start = time.monotonic()
-    try:
-        datasets = load_fileset(args.datasets)
-        _check_inputs(datasets, args.skip_bad_files)
-        procs = load_analysis(args.analysis, args.processor)
-        from ._coffea import resolve_schema
-
-        resolve_schema(args.schema)
-        engine, engine_options = dask_engine_options(args)
-    except (DDRError, ValueError, OSError) as exc:
-        _err(str(exc))
-        return 2
-    proc = next(iter(procs.values()))
-    ddr = CoffeaDynamicDataReduction(
-        datasets, proc, schema=args.schema, chunk_size=args.chunk_size, initial_chunk_size=args.initial_chunk_size,
-        target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
-        cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
-        skip_bad_files=args.skip_bad_files, engine_options=engine_options,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
-        fingerprint_extra=_analysis_digest(args.analysis, args.processor))
-    if ddr.run_dir is None:
-        ddr.run_dir = os.path.join(".ddr", "runs", ddr.fingerprint())
-    progress = make_progress(args.quiet)
-    status = 0
-    result: Any = None
-    error: BaseException | None = None
-    try:
-        if progress is not None:
-            with progress:
-                result = ddr.compute(progress=progress)
-        else:
-            result = ddr.compute()
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
-    except EngineError as exc:  # no workers: the cluster could not be reached or started
-        _err(str(exc))
-        return 2
-    except DDRError as exc:
-        error = exc
-    report = ddr.report
-    if report is not None:
-        report["command_seconds"] = round(time.monotonic() - t_start, 3)
-        report["first_result_from_start_seconds"] = (
-            None if ddr.last_run is None or ddr.last_run.first_result_at is None
-            else round(ddr.last_run.first_result_at - t_start, 3))
-        report["analysis"] = os.path.abspath(args.analysis)
-        report["fileset"] = os.path.abspath(args.datasets)
-    failed_path = None
-    if report is not None and error is None:
-        from ._ledger import failed_fileset
-
-        failed = failed_fileset(report["datasets"], {n: dict(d.metadata) for n, d in ddr.datasets.items()})
-        if failed:
-            failed_path = os.path.abspath(args.failed_fileset or os.path.join(ddr.run_dir, "failed.json"))
-            os.makedirs(os.path.dirname(failed_path), exist_ok=True)
-            with open(failed_path, "w") as f:
-                json.dump(failed, f, indent=2)
-            report["failed_fileset"] = failed_path
-    if args.report and report is not None:
-        with open(args.report, "w") as f:
-            json.dump(report, f, indent=2, default=str)
-    if error is not None:
-        _err(str(error))
-        return 1
-    if args.output:
-        from coffea.util import save
-
-        save(result, args.output)
-    if report is not None and not report["complete"]:
-        bad = [ds for ds, d in report["datasets"].items() if not d["complete"]]
-        _err(f"incomplete datasets: {', '.join(bad)} (see the report for failed chunks)")
-        if failed_path:
-            _err(f"what failed is in {failed_path}; once the input is fixed, redo just that with: "
-                 f"ddr run {args.analysis} --datasets {failed_path}")
-        status = 1
-    if not args.quiet:
-        _summary(report)
-    return status
-
-
-def _summary(report: dict | None) -> None:
-    if not report:
-        return
-    from .progress import format_rate
-
-    print(f"ddr: {report['events_processed']:,} events in {report['wall_time']:.2f} s "
-          f"({format_rate(report['events_per_second'] or 0)})", file=sys.stderr)
+    return run_command(args, argv)
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
@@ -244,8 +154,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "preprocess": cmd_preprocess, "plot": cmd_plot}[args.command](args)
+    if args.command == "run":
+        return cmd_run(args, argv)
+    return {"preprocess": cmd_preprocess, "plot": cmd_plot}[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

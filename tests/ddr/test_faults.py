@@ -274,7 +274,7 @@ def test_resume_refuses_another_runs_directory(tmp_path):
     assert ok.returncode == 0, ok.stderr
     other = ddr("run", ANALYSES / "jets.py", "--datasets", DATASETS / "samples.json", "--quiet", "--workers", "1",
                 "--run-dir", run_dir, "--resume")
-    assert other.returncode != 0 and "different run" in other.stderr
+    assert other.returncode == 2 and "different run" in other.stderr
     again = ddr("run", ANALYSES / "dimuon.py", "--datasets", DATASETS / "samples.json", "--quiet", "--workers", "1",
                 "--run-dir", run_dir, "--resume", "--report", tmp_path / "r.json")
     assert again.returncode == 0, again.stderr

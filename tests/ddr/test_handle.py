@@ -33,17 +33,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot im
 SAMPLES_JSON = str(DATASETS / "samples.json")
 
 
-class SlowDimuon(DimuonProcessor):
-    """The dimuon analysis, slowed down so that a run over the small samples lasts a few seconds."""
-
-    def __init__(self, sleep):
-        self.sleep = sleep
-
-    def process(self, events):
-        time.sleep(self.sleep)
-        return super().process(events)
-
-
 class GatedAfterFirstChunk(DimuonProcessor):
     """The dimuon analysis, blocked on every chunk but the first of each file until ``gate`` exists."""
 
@@ -129,10 +118,12 @@ def _events_in(value, ds):
 
 
 @pytest.fixture(scope="module")
-def watched(manager, reference):
-    """A run watched the way a notebook does: partial() and progress polled from several threads."""
-    job = ddr.CoffeaDynamicDataReduction(SAMPLES_JSON, SlowDimuon(0.1), manager=manager, chunk_size=40,
-                                         accumulation_size=3)
+def watched(manager, reference, expected_events, tmp_path_factory):
+    """A run watched the way a notebook does: partial() and progress polled from several threads.
+    Chunks past the first of each file wait for a gate, opened once a mid-run partial was seen."""
+    gate = tmp_path_factory.mktemp("watched") / "gate"
+    job = ddr.CoffeaDynamicDataReduction(SAMPLES_JSON, GatedAfterFirstChunk(str(gate)), manager=manager,
+                                         chunk_size=40, accumulation_size=3)
     handle = job.submit()
     shown = io.StringIO()
     shower = threading.Thread(target=handle.show, kwargs=dict(interval=0.1, wait=True, stream=shown))
@@ -151,10 +142,17 @@ def watched(manager, reference):
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
-    threads = [threading.Thread(target=poll, args=(f"thread-{i}",)) for i in range(2)]
+    total = sum(expected_events.values())
+
+    def mid_run_seen():
+        return any(0 < sum(_events_in(snap[ds][0], ds) for ds in snap) < total
+                   for snaps in list(seen.values()) for snap in list(snaps))
+
+    threads = [threading.Thread(target=poll, args=(name,)) for name in seen]
     for t in threads:
         t.start()
-    poll("main")
+    _until(mid_run_seen, "a partial result while the run goes on")
+    gate.touch()
     for t in threads:
         t.join(60)
     shower.join(60)
