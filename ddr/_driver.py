@@ -24,6 +24,7 @@ anything to wait for is a bug and raises instead of hanging.
 from __future__ import annotations
 
 import copy
+import errno
 import threading
 import time
 from typing import Any, Callable
@@ -36,7 +37,7 @@ from ._reduction import (
     ReductionState, RunEnded, RunStatus, Submit,
 )
 from ._ledger import Coverage
-from .exceptions import BadInputError, ChunkResourceError, DDRError, ProcessorError, ReducerError
+from .exceptions import BadInputError, ChunkResourceError, DDRError, ProcessorError, ReducerError, WorkerSetupError
 
 __all__ = ["Driver", "DatasetProgress", "RunOptions", "pickle_job"]
 
@@ -271,6 +272,8 @@ class Driver:
         if outcome is None:  # "exception": classified by the type of what was raised
             if isinstance(err, BadInputError):
                 outcome, transient = Outcome.BAD_INPUT, not err.permanent
+            elif _setup_problem(err):
+                outcome = Outcome.SETUP
             else:
                 outcome = Outcome.ERROR
         return JobEnded(job, outcome, now, error=self._error(sub, outcome, err), transient=transient,
@@ -280,6 +283,8 @@ class Driver:
         """The error the user sees, naming the dataset and the chunk."""
         if outcome is Outcome.BAD_INPUT or outcome is Outcome.CANCELLED:
             return err
+        if outcome is Outcome.SETUP:
+            return _setup_error(err, self.m.run_dir)
         if sub.kind is Kind.ACCUMULATE:
             if outcome is Outcome.ERROR:
                 return ReducerError(str(err), sub.dataset, getattr(err, "remote_traceback", ""))
@@ -302,3 +307,21 @@ class Driver:
         else:
             value = _worker.merge_parts(self.job, values)
         self.results[a.dataset] = value
+
+
+def _setup_problem(err: BaseException) -> bool:
+    """Would every task fail like this one, whatever its chunk? (A full disk, a missing module.)"""
+    return isinstance(err, ImportError) or (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
+def _setup_error(err: BaseException, run_dir: str) -> WorkerSetupError:
+    tb = getattr(err, "remote_traceback", "")
+    cause = f"{type(err).__name__}: {err}"
+    if isinstance(err, ImportError):
+        name = getattr(err, "name", None) or "a module"
+        return WorkerSetupError(f"the workers cannot import {name}", cause,
+                                f"install it where the workers run (pip install {name.split('.')[0]}), or, if it "
+                                "is a module beside your analysis, keep it in the analysis file's folder", tb)
+    return WorkerSetupError("the disk is full on a worker (no space left on device)", cause,
+                            f"free some space: partial results are kept under {run_dir} (--run-dir) and in the "
+                            "temporary folder; then continue with --resume", tb)

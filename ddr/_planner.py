@@ -212,7 +212,8 @@ class FilesetPlanner(Planner):
 
     @property
     def events_expected(self) -> int | None:
-        return None if self.unknown_files else self.known_entries
+        """Known once every file is counted; a file that could not be counted leaves it unknown."""
+        return None if self.unknown_files or self.failed_files else self.known_entries
 
     @property
     def exhausted(self) -> bool:

@@ -36,7 +36,9 @@ Failures (per outcome of a job)
     bad input, permanent    a failed chunk / bad file; fatal unless
                             ``skip_bad_files``
     processor error         a failed chunk; fatal unless ``keep_going``
-    unsatisfiable           fatal (no worker can run the task: a setup error)
+    unsatisfiable           fatal (no worker can run the task)
+    setup error             fatal (a full disk, a missing module: every task
+                            would fail the same way)
     accumulation exhausted  split by inputs; with two inputs the dataset is
                             merged on the manager at the end instead
     accumulation error      fatal (the reducer raised; the error names the key)
@@ -94,6 +96,7 @@ class Outcome(str, enum.Enum):
     BAD_INPUT = "bad input"
     ERROR = "error"
     UNSATISFIABLE = "unsatisfiable"
+    SETUP = "setup error"  # the workers' environment cannot run anything: a full disk, a missing module
     CANCELLED = "cancelled"
 
 
@@ -433,7 +436,7 @@ class ReductionState:
             self._chunk_failed(d, work, "bad input", str(ev.error), ev.error, fatal=not self.skip_bad_files,
                                out=out)
             return
-        if o is Outcome.UNSATISFIABLE:
+        if o in (Outcome.UNSATISFIABLE, Outcome.SETUP):
             self._chunk_failed(d, work, o.value, str(ev.error), ev.error, fatal=True, out=out)
             return
         self._chunk_failed(d, work, "processor error", str(ev.error), ev.error, fatal=not self.keep_going,
@@ -468,7 +471,7 @@ class ReductionState:
         desc = str(ev.error) if ev.error is not None else o.value
         d.ledger.files_bad.append({"file": req.file.path, "tree": req.file.tree, "error": desc})
         out.append(Notice("bad_file", d.name, f"{req.file.path}: {desc.splitlines()[0] if desc else o.value}"))
-        if o is Outcome.UNSATISFIABLE or not (self.skip_bad_files and o is Outcome.BAD_INPUT):
+        if o in (Outcome.UNSATISFIABLE, Outcome.SETUP) or not (self.skip_bad_files and o is Outcome.BAD_INPUT):
             self._stop(RunStatus.FAILED, ev.error if ev.error is not None else RuntimeError(desc), out)
 
     # ----------------------------------------------------------- accumulate

@@ -10,6 +10,7 @@
     ├── ProcessorError                the user's processor raised on a chunk
     ├── ChunkResourceError            a chunk ran out of memory or time even at the smallest split,
     │                                 its worker was lost too often, or no worker can fit it
+    ├── WorkerSetupError              the workers cannot run anything: a full disk, a missing module
     └── ReducerError                  merging two partial results failed (names processor and key)
 
 Policy: a message names the thing that failed (fileset, dataset, file, tree,
@@ -47,6 +48,7 @@ __all__ = [
     "TreeNotFound",
     "ProcessorError",
     "ChunkResourceError",
+    "WorkerSetupError",
     "ReducerError",
     "nearest",
     "format_names",
@@ -268,6 +270,14 @@ class ChunkResourceError(DDRError):
         lines.append(f"  error:   {' '.join(cause.split())[:400]}")
         lines.append(f"  hint:    {self._HINTS.get(kind, 'see the run report')}")
         super().__init__("\n".join(lines))
+
+
+class WorkerSetupError(DDRError):
+    """The workers' environment cannot run the analysis (every chunk would fail the same way)."""
+
+    def __init__(self, what: str, cause: str, hint: str, remote_traceback: str = "") -> None:
+        self.what, self.cause, self.hint, self.remote_traceback = what, cause, hint, remote_traceback
+        super().__init__(f"{what}\n  error:   {' '.join(cause.split())[:400]}\n  hint:    {hint}")
 
 
 class ReducerError(DDRError):

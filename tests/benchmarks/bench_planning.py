@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_planning.py [--sizes 1000,10000,100000,1000000] [--dask-cap-seconds 60]
 
 ddr: a preprocessed fileset of 1,000 files whose entry counts give N chunks at a fixed chunk size; the
-manager loads it and submits its first tasks (one ``Reduction`` fill on a sync engine, nothing run).
+manager loads it and submits its first tasks (the driver's first submissions on a sync engine, nothing run).
 Chunks are cut lazily, so neither time nor memory should grow with N beyond the fileset itself.
 
 dask-awkward (in its own virtual environment: dask-awkward 2026.2 pins dask 2025.3, which conflicts
@@ -46,7 +46,8 @@ t0 = time.perf_counter()
 job = ddr.CoffeaDynamicDataReduction(fileset, proc, chunk_size=100, engine="sync")
 with vinecore.Manager(engine="sync", workers=2) as m:
     run = job._start(m)
-    run._fill()
+    from ddr._reduction import Capacity
+    run._apply(run.machine.handle(Capacity(m.hungry(), 0.0, m.statistics().workers)))  # first submissions
     t1 = time.perf_counter()
     submitted = m.statistics().tasks_submitted
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

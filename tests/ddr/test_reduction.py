@@ -330,3 +330,11 @@ def test_a_failing_reducer_stops_the_run():
     w.end(w.jobs(Kind.ACCUMULATE)[0].job, Outcome.ERROR, error=TypeError("cannot add"))
     assert w.ended.status is RunStatus.FAILED
     assert m.held("ds")[1].events == 2  # the inputs are still held
+
+
+def test_a_setup_error_is_fatal_even_with_keep_going():
+    m = ReductionState({"ds": fileset_planner(30)}, keep_going=True)
+    w = World(m)
+    w.capacity()
+    w.end(w.jobs()[0].job, Outcome.SETUP, error=OSError(28, "No space left on device"))
+    assert w.ended.status is RunStatus.FAILED and w.ended.error.errno == 28

@@ -251,3 +251,47 @@ def test_the_sync_engine_leaves_the_callers_process_alone(tmp_path, capsys):
     assert "printed by the task" in t.std_output and "another thread" not in t.std_output
     assert "printed by another thread" in capsys.readouterr().out
     assert resource.getrlimit(resource.RLIMIT_AS) == limit
+
+
+def _needs_a_missing_module(x):
+    import ddr_surely_not_installed_anywhere  # noqa: F401
+
+    return {"n": 1}
+
+
+def test_a_module_missing_on_the_workers_stops_at_once_even_with_keep_going():
+    job = ddr.DynamicDataReduction({"ds": {"n": 20}}, _needs_a_missing_module, preprocess=_numbers,
+                                   engine="local", workers=2, keep_going=True)
+    with pytest.raises(ddr.exceptions.WorkerSetupError, match="cannot import ddr_surely_not_installed") as err:
+        job.compute()
+    assert "pip install" in str(err.value)
+    assert job.report["datasets"]["ds"]["chunks_done"] == 0 and job.report["status"] == "failed"
+
+
+# ------------------------------------------------- generic items split and retry too
+def _ranges(spec):
+    yield (0, spec["n"]), spec["n"]  # one item: a range of "units" of 1 MB each
+
+
+def _halve(item, size):
+    a, b = item
+    mid = (a + b) // 2
+    return [((a, mid), mid - a), ((mid, b), b - mid)]
+
+
+def _hungry(item):
+    import numpy as np
+
+    a, b = item
+    block = np.ones((b - a) * 131_072)  # 1 MB per unit
+    return {"units": int(block.size // 131_072), "items": 1}
+
+
+def test_a_generic_item_that_exhausts_memory_is_split_with_its_splitter(tmp_path):
+    job = ddr.DynamicDataReduction({"ds": {"n": 400}}, _hungry, preprocess=_ranges, splitter=_halve,
+                                   engine="local", workers=2, memory=150, run_dir=tmp_path / "run")
+    out = job.compute()
+    assert out["ds"]["units"] == 400 and out["ds"]["items"] >= 4  # 400 -> 200 -> 100 (or smaller)
+    rep = job.report["datasets"]["ds"]
+    assert rep["complete"] and rep["events_processed"] == 400 and len(rep["splits"]) >= 3
+    assert all(s["reason"] == "resource exhaustion" for s in rep["splits"])
