@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from vinecore.exceptions import EngineError
 
@@ -21,8 +22,38 @@ from .exceptions import DDRError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``ddr run: error: argument --workers: ...``), exit status 2."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _number(kind: type, low: float, *, strict: bool = False, note: str = "") -> Callable[[str], Any]:
+    """An argparse ``type`` accepting a finite ``kind`` (int or float) >= ``low`` (> ``low`` if ``strict``)."""
+    what = "an integer" if kind is int else "a number"
+    bound = f"{'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be {what} {bound}{note}")
+        return value
+
+    parse.__name__ = f"{what} {bound}"  # argparse's name for the type
+    parse.valid_range = f"{what} {bound}"  # type: ignore[attr-defined]
+    return parse
+
+
+_COUNT = _number(int, 1)  # workers, cores, events
+_SECONDS = _number(float, 0, strict=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddr", description="Dynamic Data Reduction of Coffea processors.")
+    p = _Parser(prog="ddr", description="Dynamic Data Reduction of Coffea processors.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run an analysis over a fileset",
@@ -31,15 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--datasets", required=True, metavar="FILE.json", help="coffea fileset JSON (raw or preprocessed)")
     r.add_argument("-o", "--output", metavar="OUT.coffea", help="write the result with coffea.util.save")
     r.add_argument("--processor", metavar="NAME", help="which processor, when the file defines several")
-    r.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
-    r.add_argument("--cores", type=int, default=1, metavar="N", help="cores per chunk task (worker-local dask)")
-    r.add_argument("--chunk-size", type=int, metavar="N", help="fixed events per chunk (default: adaptive)")
-    r.add_argument("--initial-chunk-size", type=int, default=10_000, metavar="N")
-    r.add_argument("--target-seconds", type=float, default=30.0, metavar="S", help="adaptive chunk duration target")
+    r.add_argument("--workers", type=_COUNT, metavar="N", help="worker processes (default: one per core)")
+    r.add_argument("--cores", type=_COUNT, default=1, metavar="N", help="cores per chunk task (worker-local dask)")
+    r.add_argument("--chunk-size", type=_COUNT, metavar="N", help="fixed events per chunk (default: adaptive)")
+    r.add_argument("--initial-chunk-size", type=_COUNT, default=10_000, metavar="N")
+    r.add_argument("--target-seconds", type=_SECONDS, default=30.0, metavar="S", help="adaptive chunk duration target")
     r.add_argument("--schema", default="NanoAOD", help="NanoAOD, PHYSLITE or Base")
-    r.add_argument("--memory", type=int, metavar="MB", help="memory allocation per task; over it a chunk is split")
-    r.add_argument("--time-max", type=float, metavar="S", help="wall time limit per task; over it a chunk is split")
-    r.add_argument("--accumulation-size", type=int, default=8, metavar="K", help="partials merged per accumulation task")
+    r.add_argument("--memory", type=_COUNT, metavar="MB", help="memory allocation per task; over it a chunk is split")
+    r.add_argument("--time-max", type=_SECONDS, metavar="S", help="wall time limit per task; over it a chunk is split")
+    r.add_argument("--accumulation-size", type=_number(int, 2), default=8, metavar="K",
+                   help="partials merged per accumulation task")
     r.add_argument("--skip-bad-files", action="store_true", help="record unreadable input and go on")
     r.add_argument("--report", metavar="REPORT.json", help="write the run report")
     r.add_argument("--failed-fileset", metavar="FILE.json",
@@ -47,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: RUN_DIR/failed.json, written only when something failed)")
     r.add_argument("--run-dir", metavar="DIR",
                    help="logs, transactions log and checkpoints (default: .ddr/runs/<digest of the command>)")
-    r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+    r.add_argument("--checkpoint-every", type=_number(float, 0, note=" (0: after every step)"), default=60.0,
+                   metavar="S",
                    help="seconds between checkpoints of the partial results (default 60; 0: after every step)")
     r.add_argument("--resume", action="store_true",
                    help="continue a killed run from its run directory's checkpoint; only unfinished work is redone")
@@ -62,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("preprocess", help="count entries on the workers and write coffea's preprocessed fileset")
     pp.add_argument("fileset", metavar="FILE.json")
     pp.add_argument("-o", "--output", required=True, metavar="OUT.json")
-    pp.add_argument("--step-size", type=int, default=100_000, metavar="N")
-    pp.add_argument("--workers", type=int, metavar="N")
+    pp.add_argument("--step-size", type=_COUNT, default=100_000, metavar="N")
+    pp.add_argument("--workers", type=_COUNT, metavar="N")
     pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     pp.add_argument("--skip-bad-files", action="store_true")
 
