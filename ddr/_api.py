@@ -265,7 +265,7 @@ def build_report(run: Reduction) -> dict[str, Any]:
     total = 0
     for ds, led in run.ledgers.items():
         led.events_expected = run.sources[ds].events_expected
-        rep = led.to_report()
+        rep = led.to_report(_expected_ranges(run.sources[ds]))
         datasets[ds] = rep
         total += rep["events_processed"]
     return {
@@ -277,3 +277,21 @@ def build_report(run: Reduction) -> dict[str, Any]:
         "complete": all(d["complete"] for d in datasets.values()) and run.error is None,
         "error": None if run.error is None else f"{type(run.error).__name__}: {run.error}",
     }
+
+
+def _expected_ranges(source: Any) -> dict[str, tuple[str, list[tuple[int, int]] | None]] | None:
+    """``{path: (tree, entry ranges the run was asked to cover, or None if never counted)}`` of a fileset."""
+    dataset = getattr(source, "dataset", None)
+    if not isinstance(dataset, Dataset):
+        return None
+    from ._planning import merge_ranges
+
+    counted = getattr(source, "counted_entries", {})
+    out: dict[str, tuple[str, list[tuple[int, int]] | None]] = {}
+    for f in dataset.files:
+        n = f.num_entries if f.num_entries is not None else counted.get(f.path)
+        if f.steps is not None:
+            out[f.path] = (f.tree, merge_ranges((a, b) for a, b in f.steps))
+        else:
+            out[f.path] = (f.tree, None if n is None else merge_ranges([(0, n)]))
+    return out

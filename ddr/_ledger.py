@@ -88,9 +88,11 @@ class DatasetLedger:
                 out[path] = gaps
         return out
 
-    def to_report(self) -> dict[str, Any]:
+    def to_report(self, files: dict[str, tuple[str, list[tuple[int, int]] | None]] | None = None) -> dict[str, Any]:
+        """The report's entry for this dataset; ``files`` (``{path: (tree, expected ranges or None)}``)
+        adds the per-file coverage that ``ddr merge`` checks: ``{path: {"tree", "expected", "covered"}}``."""
         sizes = self.chunk_sizes
-        return {
+        out = {
             "events_expected": self.events_expected,
             "events_processed": self.final.events if self.final else 0,
             "events_resumed": self.events_resumed,
@@ -104,6 +106,12 @@ class DatasetLedger:
                             "max": max(sizes, default=None), "count": len(sizes)},
             "error": self.error,
         }
+        if files is not None:
+            done = self.final.ranges if self.final else {}
+            out["files"] = {path: {"tree": tree, "expected": None if expected is None else [list(r) for r in expected],
+                                   "covered": [list(r) for r in done.get(path, [])]}
+                            for path, (tree, expected) in files.items()}
+        return out
 
 
 def failed_fileset(report_datasets: dict[str, dict[str, Any]],

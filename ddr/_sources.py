@@ -122,6 +122,7 @@ class FilesetSource(_Requeue):
         self.known_entries = sum(f.events for f in dataset.files if f.num_entries is not None)
         self.unknown_files = sum(1 for f in dataset.files if f.num_entries is None)
         self.failed_files: list[FileSpec] = []
+        self.counted_entries: dict[str, int] = {}  # path -> entries, of files counted on the workers
 
     @property
     def events_expected(self) -> int | None:
@@ -136,6 +137,7 @@ class FilesetSource(_Requeue):
         self._counting -= 1
         self.unknown_files -= 1
         self.known_entries += num_entries
+        self.counted_entries[file.path] = num_entries
         self._counted.append(FileSpec(file.path, file.tree, num_entries, uuid or file.uuid, file.steps))
 
     def count_failed(self, file: FileSpec) -> None:

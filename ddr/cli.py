@@ -1,8 +1,10 @@
-"""The ``ddr`` command: ``ddr run`` and ``ddr preprocess``.
+"""The ``ddr`` command: ``ddr run``, ``ddr preprocess``, ``ddr merge`` and ``ddr plot``.
 
 Exit status: 0 when every dataset is complete, 1 when the run finished with
 failures or stopped on an error (the report says which), 2 for usage errors
-(missing or malformed input, no processor).
+(missing or malformed input, no processor, a flag value out of range).
+``ddr merge``: 0 when the merged coverage is complete (or not checked), 1 when
+a dataset misses events, 2 for usage errors and overlapping outputs.
 """
 
 from __future__ import annotations
@@ -100,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     pp.add_argument("--skip-bad-files", action="store_true")
 
+    mg = sub.add_parser("merge", help="merge the outputs of several runs (a run and its redo run)",
+                        description="Merge ddr run outputs with coffea's accumulate. With --reports (one per output, "
+                                    "same order) refuse outputs that cover the same events and say, per dataset, "
+                                    "whether every event is covered. Exit status: 0 complete (or not checked), "
+                                    "1 incomplete, 2 usage errors and overlaps.")
+    mg.add_argument("outputs", nargs="+", metavar="OUT.coffea", help="outputs written by ddr run -o")
+    mg.add_argument("-o", "--output", required=True, metavar="ALL.coffea", help="where to write the merged output")
+    mg.add_argument("--reports", nargs="+", metavar="REPORT.json",
+                    help="the reports written by ddr run --report, one per output, in the same order")
+    mg.add_argument("--report-out", metavar="MERGED.json",
+                    help="write the merged coverage as JSON (needs --reports; it can be merged again)")
+
     pl = sub.add_parser("plot", help="plot a histogram of a ddr run's output (needs ddr-hep[plot])",
                         description="Draw one histogram of OUT.coffea, one line per dataset (or stacked).")
     pl.add_argument("result", metavar="OUT.coffea", help="file written by ddr run -o")
@@ -110,6 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True, metavar="PLOT.png")
 
     return p
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ._merge import MergeError, check_writable, coverage_summary, merge, write_merged
+
+    if args.report_out and not args.reports:
+        _err("--report-out needs --reports (the coverage comes from the runs' reports)")
+        return 2
+    try:
+        check_writable(args.output, "-o")
+        if args.report_out:
+            check_writable(args.report_out, "--report-out")
+        merged = merge(args.outputs, args.reports)
+        write_merged(merged, args.output, args.report_out)
+    except MergeError as exc:
+        _err(str(exc))
+        return 2
+    except OSError as exc:
+        _err(f"cannot write the merged output: {exc}")
+        return 2
+    print(f"ddr merge: merged {len(args.outputs)} output(s) into {args.output}", file=sys.stderr)
+    if merged.report is None:
+        print("ddr merge: coverage not checked; pass --reports R1.json R2.json ... to refuse overlaps and "
+              "check that every event is covered", file=sys.stderr)
+        return 0
+    for line in coverage_summary(merged.report):
+        print(line, file=sys.stderr)
+    bad = [ds for ds, d in merged.report["datasets"].items() if not d["complete"]]
+    if bad:
+        print(f"ddr merge: incomplete: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    print("ddr merge: every dataset is complete", file=sys.stderr)
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -282,7 +329,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "preprocess": cmd_preprocess, "plot": cmd_plot}[args.command](args)
+    return {"run": cmd_run, "preprocess": cmd_preprocess, "merge": cmd_merge, "plot": cmd_plot}[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover
