@@ -289,9 +289,9 @@ def _expected_ranges(source: Any) -> dict[str, tuple[str, list[tuple[int, int]] 
     counted = getattr(source, "counted_entries", {})
     out: dict[str, tuple[str, list[tuple[int, int]] | None]] = {}
     for f in dataset.files:
-        n = f.num_entries if f.num_entries is not None else counted.get(f.path)
         if f.steps is not None:
             out[f.path] = (f.tree, merge_ranges((a, b) for a, b in f.steps))
-        else:
-            out[f.path] = (f.tree, None if n is None else merge_ranges([(0, n)]))
+            continue
+        n = f.num_entries if f.num_entries is not None else counted.get(f.path)
+        out[f.path] = (f.tree, None if n is None else merge_ranges([(0, n)]))
     return out
