@@ -26,6 +26,7 @@ Imports beside the analysis
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import os
@@ -125,6 +126,7 @@ def local_modules(module: Any, folder: str, extra: Iterable[Any] = ()) -> list[A
     return list(found.values())
 
 
+@functools.lru_cache(maxsize=1)
 def _installed_paths() -> list[str]:
     paths = sysconfig.get_paths()
     return sorted({os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths})
