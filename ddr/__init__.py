@@ -20,6 +20,7 @@ Layers (datasets -> plan -> tasks -> engine -> reduce)::
     plotting    ddr.plot and `ddr plot` (hist + mplhep conventions)
     _analysis   loading ANALYSIS.py for `ddr run` (which processors it defines)
     _preprocess `ddr preprocess`: counting on the workers, coffea's preprocessed dialect
+    _merge      `ddr merge` and merge(): outputs of several runs, coverage checked by their reports
     _extras     optional dependencies, imported lazily with install hints
     cli         the `ddr` command
 
@@ -28,6 +29,7 @@ ddr uses only vinecore's public API (plus ``vinecore._serialize`` to ship the jo
 
 from ._api import CoffeaDynamicDataReduction, DynamicDataReduction
 from ._handle import RunHandle
+from ._merge import MergeError, MergeResult, OverlapError, merge
 from ._datasets import Dataset, FileSpec, load_fileset, write_fileset
 from ._driver import DatasetProgress
 from ._planning import Chunk
@@ -55,12 +57,16 @@ __all__ = [
     "DynamicDataReduction",
     "FileSpec",
     "FilesetError",
+    "MergeError",
+    "MergeResult",
+    "OverlapError",
     "ProcessorError",
     "ReducerError",
     "RunHandle",
     "TreeNotFound",
     "accumulate_pair",
     "load_fileset",
+    "merge",
     "plot",
     "write_fileset",
 ]

@@ -1,16 +1,19 @@
-"""The ``ddr`` command: ``ddr run`` and ``ddr preprocess``.
+"""The ``ddr`` command: ``ddr run``, ``ddr preprocess``, ``ddr merge`` and ``ddr plot``.
 
 Exit status: 0 when every dataset is complete, 1 when the run finished with
 failures or stopped on an error (the report says which), 2 for usage errors
-(missing or malformed input, no processor).
+(missing or malformed input, no processor, a flag value out of range).
+``ddr merge``: 0 when the merged coverage is complete (or not checked), 1 when
+a dataset misses events, 2 for usage errors and overlapping outputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 
 from .exceptions import DDRError
@@ -18,8 +21,38 @@ from .exceptions import DDRError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``ddr run: error: argument --workers: ...``), exit status 2."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _number(kind: type, low: float, *, strict: bool = False, note: str = "") -> Callable[[str], Any]:
+    """An argparse ``type`` accepting a finite ``kind`` (int or float) >= ``low`` (> ``low`` if ``strict``)."""
+    what = "an integer" if kind is int else "a number"
+    bound = f"{'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be {what} {bound}{note}")
+        return value
+
+    parse.__name__ = f"{what} {bound}"  # argparse's name for the type
+    parse.valid_range = f"{what} {bound}"  # type: ignore[attr-defined]
+    return parse
+
+
+_COUNT = _number(int, 1)  # workers, cores, events
+_SECONDS = _number(float, 0, strict=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddr", description="Dynamic Data Reduction of Coffea processors.")
+    p = _Parser(prog="ddr", description="Dynamic Data Reduction of Coffea processors.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run an analysis over a fileset",
@@ -28,15 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--datasets", required=True, metavar="FILE.json", help="coffea fileset JSON (raw or preprocessed)")
     r.add_argument("-o", "--output", metavar="OUT.coffea", help="write the result with coffea.util.save")
     r.add_argument("--processor", metavar="NAME", help="which processor, when the file defines several")
-    r.add_argument("--workers", type=int, metavar="N", help="worker processes (default: one per core)")
-    r.add_argument("--cores", type=int, default=1, metavar="N", help="cores per chunk task (worker-local dask)")
-    r.add_argument("--chunk-size", type=int, metavar="N", help="fixed events per chunk (default: adaptive)")
-    r.add_argument("--initial-chunk-size", type=int, default=10_000, metavar="N")
-    r.add_argument("--target-seconds", type=float, default=30.0, metavar="S", help="adaptive chunk duration target")
+    r.add_argument("--workers", type=_COUNT, metavar="N", help="worker processes (default: one per core)")
+    r.add_argument("--cores", type=_COUNT, default=1, metavar="N", help="cores per chunk task (worker-local dask)")
+    r.add_argument("--chunk-size", type=_COUNT, metavar="N", help="fixed events per chunk (default: adaptive)")
+    r.add_argument("--initial-chunk-size", type=_COUNT, default=10_000, metavar="N")
+    r.add_argument("--target-seconds", type=_SECONDS, default=30.0, metavar="S", help="adaptive chunk duration target")
     r.add_argument("--schema", default="NanoAOD", help="NanoAOD, PHYSLITE or Base")
-    r.add_argument("--memory", type=int, metavar="MB", help="memory allocation per task; over it a chunk is split")
-    r.add_argument("--time-max", type=float, metavar="S", help="wall time limit per task; over it a chunk is split")
-    r.add_argument("--accumulation-size", type=int, default=8, metavar="K", help="partials merged per accumulation task")
+    r.add_argument("--memory", type=_COUNT, metavar="MB", help="memory allocation per task; over it a chunk is split")
+    r.add_argument("--time-max", type=_SECONDS, metavar="S", help="wall time limit per task; over it a chunk is split")
+    r.add_argument("--accumulation-size", type=_number(int, 2), default=8, metavar="K",
+                   help="partials merged per accumulation task")
     r.add_argument("--skip-bad-files", action="store_true", help="record unreadable input and go on")
     r.add_argument("--keep-going", action="store_true",
                    help="record chunks on which the processor raises (or that run out of resources even at the "
@@ -47,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: RUN_DIR/failed.json, written only when something failed)")
     r.add_argument("--run-dir", metavar="DIR",
                    help="logs, transactions log and checkpoints (default: .ddr/runs/<digest of the command>)")
-    r.add_argument("--checkpoint-every", type=float, default=60.0, metavar="S",
+    r.add_argument("--checkpoint-every", type=_number(float, 0, note=" (0: after every step)"), default=60.0,
+                   metavar="S",
                    help="seconds between checkpoints of the partial results (default 60; 0: after every step)")
     r.add_argument("--resume", action="store_true",
                    help="continue a killed run from its run directory's checkpoint; only unfinished work is redone")
@@ -62,10 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("preprocess", help="count entries on the workers and write coffea's preprocessed fileset")
     pp.add_argument("fileset", metavar="FILE.json")
     pp.add_argument("-o", "--output", required=True, metavar="OUT.json")
-    pp.add_argument("--step-size", type=int, default=100_000, metavar="N")
-    pp.add_argument("--workers", type=int, metavar="N")
+    pp.add_argument("--step-size", type=_COUNT, default=100_000, metavar="N")
+    pp.add_argument("--workers", type=_COUNT, metavar="N")
     pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     pp.add_argument("--skip-bad-files", action="store_true")
+
+    mg = sub.add_parser("merge", help="merge the outputs of several runs (a run and its redo run)",
+                        description="Merge ddr run outputs with coffea's accumulate. With --reports (one per output, "
+                                    "same order) refuse outputs that cover the same events and say, per dataset, "
+                                    "whether every event is covered. Exit status: 0 complete (or not checked), "
+                                    "1 incomplete, 2 usage errors and overlaps.")
+    mg.add_argument("outputs", nargs="+", metavar="OUT.coffea", help="outputs written by ddr run -o")
+    mg.add_argument("-o", "--output", required=True, metavar="ALL.coffea", help="where to write the merged output")
+    mg.add_argument("--reports", nargs="+", metavar="REPORT.json",
+                    help="the reports written by ddr run --report, one per output, in the same order")
+    mg.add_argument("--report-out", metavar="MERGED.json",
+                    help="write the merged coverage as JSON (needs --reports; it can be merged again)")
 
     pl = sub.add_parser("plot", help="plot a histogram of a ddr run's output (needs ddr-hep[plot])",
                         description="Draw one histogram of OUT.coffea, one line per dataset (or stacked).")
@@ -77,6 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True, metavar="PLOT.png")
 
     return p
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ._merge import MergeError, check_writable, coverage_summary, merge, write_merged
+
+    if args.report_out and not args.reports:
+        _err("--report-out needs --reports (the coverage comes from the runs' reports)")
+        return 2
+    try:
+        check_writable(args.output, "-o")
+        if args.report_out:
+            check_writable(args.report_out, "--report-out")
+        merged = merge(args.outputs, args.reports)
+        write_merged(merged, args.output, args.report_out)
+    except MergeError as exc:
+        _err(str(exc))
+        return 2
+    except OSError as exc:
+        _err(f"cannot write the merged output: {exc}")
+        return 2
+    print(f"ddr merge: merged {len(args.outputs)} output(s) into {args.output}", file=sys.stderr)
+    if merged.report is None:
+        print("ddr merge: coverage not checked; pass --reports R1.json R2.json ... to refuse overlaps and "
+              "check that every event is covered", file=sys.stderr)
+        return 0
+    for line in coverage_summary(merged.report):
+        print(line, file=sys.stderr)
+    bad = [ds for ds, d in merged.report["datasets"].items() if not d["complete"]]
+    if bad:
+        print(f"ddr merge: incomplete: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    print("ddr merge: every dataset is complete", file=sys.stderr)
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -158,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args, argv)
-    return {"preprocess": cmd_preprocess, "plot": cmd_plot}[args.command](args)
+    return {"preprocess": cmd_preprocess, "merge": cmd_merge, "plot": cmd_plot}[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,21 @@
 """Serialization envelopes: cloudpickle for code, arguments and results, and a
-picklable stand-in for exceptions that cannot cross a process boundary."""
+picklable stand-in for exceptions that cannot cross a process boundary.
+
+Code pickled by value (functions and classes of ``__main__``, of an analysis
+file, of modules registered with ``cloudpickle.register_pickle_by_value``)
+keeps its file name: cloudpickle replaces it with ``<dynamic-code>`` to make
+payloads independent of where code was defined, which leaves a worker's
+traceback pointing nowhere. Here it stays, so a remote traceback reads
+``File "/abs/path/analysis.py", line 12, in process``.
+"""
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -12,8 +23,27 @@ import cloudpickle
 __all__ = ["dumps", "loads", "RemoteError", "exception_payload"]
 
 
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _code_at(constructor: Any, args: tuple, filename: str) -> types.CodeType:
+    """Rebuild a code object as cloudpickle does, then give it back its file name."""
+    return constructor(*args).replace(co_filename=filename)
+
+
+def _reduce_code(code: types.CodeType) -> tuple:
+    constructor, args = _cloudpickle_code_reduce(code)
+    return _code_at, (constructor, args, code.co_filename)
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
+
 def dumps(obj: Any) -> bytes:
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    with io.BytesIO() as buf:
+        _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return buf.getvalue()
 
 
 def loads(data: bytes) -> Any:

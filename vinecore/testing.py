@@ -495,7 +495,7 @@ class DaskProcesses:
             stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + self.timeout
-        while not os.path.exists(self.scheduler_file):
+        while not self._scheduler_file_written():  # the scheduler writes it in place, not atomically
             if self.scheduler.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
                 raise RuntimeError(f"dask scheduler did not start; see {self.directory}/scheduler.log")
@@ -520,6 +520,13 @@ class DaskProcesses:
         log.close()
         self.workers.append(proc)
         return proc
+
+    def _scheduler_file_written(self) -> bool:
+        try:
+            with open(self.scheduler_file) as f:
+                return "address" in json.load(f)
+        except (OSError, ValueError):
+            return False
 
     @property
     def address(self) -> str:
