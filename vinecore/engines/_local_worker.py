@@ -3,7 +3,9 @@
 It receives pickled messages on the socket inherited from its supervisor:
 ``("library", name, payload)`` installs a library (context built once, here),
 ``("unlibrary", name)`` drops it and its context,
-``("task", spec)`` runs one attempt and answers ``("done", outcome)``.
+``("task", spec)`` runs one attempt and answers ``("done", outcome)``, preceded, for a task with a
+memory allocation, by ``("started", task_id, resident kB)``: the baseline of the supervisor's memory
+watchdog (library contexts built before the task must not count against it).
 End of input ends the process.
 
 A worker never outlives its supervisor (the manager's process for the local
@@ -51,6 +53,11 @@ def watch_supervisor(fd: int, parent: int, interval: float = _WATCH_INTERVAL) ->
     return thread
 
 
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
 def main(argv: list[str]) -> int:
     fd, worker_id, store_root = int(argv[0]), argv[1], argv[2]
     watch_supervisor(fd, os.getppid())
@@ -68,7 +75,10 @@ def main(argv: list[str]) -> int:
             return 0
         kind = msg[0]
         if kind == "task":
-            send(dumps(("done", runtime.execute(msg[1])), protocol=pickle.HIGHEST_PROTOCOL))
+            spec = msg[1]
+            if spec.memory:  # the supervisor's memory watchdog measures from here, after library installs
+                send(dumps(("started", spec.task_id, _rss_kb()), protocol=pickle.HIGHEST_PROTOCOL))
+            send(dumps(("done", runtime.execute(spec)), protocol=pickle.HIGHEST_PROTOCOL))
         elif kind == "library":
             runtime.install_library(msg[1], msg[2])
         elif kind == "unlibrary":

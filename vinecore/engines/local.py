@@ -12,7 +12,8 @@ This adapter supervises them from the manager's process:
 * a task still running ``time_max + grace`` seconds after it started is killed
   and ends as ``max wall time`` (the in-process SIGALRM comes first when the
   task is in Python code);
-* a task whose process's resident memory exceeds the resident size at dispatch
+* a task whose process's resident memory exceeds the resident size when the
+  task started (reported by the worker, after any library context was built)
   plus the task's memory allocation is killed and ends as
   ``resource exhaustion`` (the in-process address-space limit usually turns
   such an allocation into a MemoryError first, keeping the process alive);
@@ -56,7 +57,7 @@ class _Proc:
     outbox: "queue.SimpleQueue[bytes | None]"
     running: TaskSpec | None = None
     started: float = 0.0
-    rss0_kb: int = 0
+    rss0_kb: int | None = None
     kill_reason: Result | None = None
     sender: threading.Thread | None = field(default=None, repr=False)
 
@@ -161,8 +162,7 @@ class LocalEngine:
         proc.running = spec
         proc.started = time.monotonic()
         proc.kill_reason = None
-        if spec.memory:
-            proc.rss0_kb = _rss_kb(proc.popen.pid)
+        proc.rss0_kb = None  # set when the worker says it started the task (after any library install)
         proc.outbox.put(pickle.dumps(("task", spec), protocol=pickle.HIGHEST_PROTOCOL))
 
     def kill(self, task_id: int, worker_id: str) -> None:
@@ -192,6 +192,10 @@ class LocalEngine:
                 except (EOFError, OSError):
                     self._retire(proc, Result.WORKER_LOST, f"worker {proc.wid} (pid {proc.popen.pid}) died")
                     continue
+                if msg[0] == "started":
+                    if proc.running is not None and proc.running.task_id == msg[1]:
+                        proc.rss0_kb = msg[2]
+                    continue
                 outcome: Outcome = msg[1]
                 proc.running = None
                 self.pending.append(TaskFinished(outcome.task_id, proc.wid, outcome.result, outcome,
@@ -211,7 +215,7 @@ class LocalEngine:
             if spec.time_max and now - proc.started > spec.time_max + _GRACE:
                 self._retire(proc, Result.MAX_WALL_TIME,
                              f"task {spec.task_id} ran over its time_max of {spec.time_max} s; its worker was stopped")
-            elif spec.memory:
+            elif spec.memory and proc.rss0_kb is not None:
                 rss = _rss_kb(proc.popen.pid)
                 if rss and rss - proc.rss0_kb > spec.memory * 1024:
                     self._retire(proc, Result.RESOURCE_EXHAUSTION,
