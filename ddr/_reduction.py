@@ -311,8 +311,8 @@ class ReductionState:
             else:
                 raise TypeError(f"ReductionState cannot handle {type(ev).__name__}")
         if self._dirty:
-            for name in [n for n in self.datasets if n in self._dirty]:  # in rank order
-                self._reduce(self.datasets[name], out)
+            for d in sorted((self.datasets[n] for n in self._dirty), key=lambda d: d.rank):
+                self._reduce(d, out)
             self._dirty.clear()
         if self.status is RunStatus.RUNNING:
             if not self._live:
