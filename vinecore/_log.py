@@ -29,6 +29,13 @@ class TransactionLog:
         record["time"] = round(time.time(), 6)
         self._f.write(json.dumps(record, default=str) + "\n")
 
+    def transition(self, task: int, category: str | None, state: str, worker: str | None, detail: str) -> None:
+        """One state change: the hot path (five per task), written without the generic JSON encoder."""
+        if self._f is None:
+            return
+        self._f.write(f'{{"task": {task}, "category": {_str(category)}, "state": "{state}", '
+                      f'"worker": {_str(worker)}, "detail": {_str(detail)}, "time": {time.time():.6f}}}\n')
+
     def flush(self) -> None:
         if self._f is not None:
             self._f.flush()
@@ -37,6 +44,18 @@ class TransactionLog:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-./:,()#=+")
+
+
+def _str(value: str | None) -> str:
+    """A JSON string (or null); plain text is quoted directly, anything else through json."""
+    if value is None:
+        return "null"
+    if _PLAIN.issuperset(value):
+        return f'"{value}"'
+    return json.dumps(str(value))
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:

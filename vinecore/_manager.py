@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import _serialize
@@ -298,8 +298,7 @@ class Manager:
         while True:
             if self._done:
                 return self._done.popleft()
-            c = self._scheduler.counts()
-            if c.waiting + c.ready + c.running == 0:
+            if not self._scheduler.in_flight():
                 return None
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             events = self._engine.poll(remaining)
@@ -331,8 +330,7 @@ class Manager:
 
     def empty(self) -> bool:
         """True when no task is waiting, running, or finished but not yet returned by wait()."""
-        c = self._scheduler.counts()
-        return c.waiting + c.ready + c.running == 0 and not self._done
+        return not self._scheduler.in_flight() and not self._done
 
     def hungry(self) -> int:
         """How many more tasks to submit so that every worker slot stays busy."""
@@ -363,12 +361,10 @@ class Manager:
     def _apply(self, actions) -> None:
         for a in actions:
             if isinstance(a, Dispatch):
-                spec = replace(self._specs[a.task_id], attempt=a.attempt, cores=a.cores)
-                self._engine.execute(a.worker_id, spec)
+                self._engine.execute(a.worker_id, _attempt_of(self._specs[a.task_id], a.attempt, a.cores))
             elif isinstance(a, Transition):
                 t = self._tasks.get(a.task_id)
-                self._log.write(task=a.task_id, category=t.category if t else None, state=a.new.value,
-                                worker=a.worker_id, detail=a.detail)
+                self._log.transition(a.task_id, t.category if t else None, a.new.value, a.worker_id, a.detail)
             elif isinstance(a, Complete):
                 self._complete(a)
             elif isinstance(a, Kill):
@@ -402,6 +398,17 @@ class Manager:
                         measured=None if m is None else {"wall_time": round(m.wall_time, 6), "memory": round(m.memory, 3),
                                                           "peak_rss": round(m.peak_rss, 3), "cpu_time": round(m.cpu_time, 6)})
         self._done.append(task)
+
+
+def _attempt_of(spec: TaskSpec, attempt: int, cores: int) -> TaskSpec:
+    """``spec`` for one attempt: a field-by-field copy (``dataclasses.replace`` re-runs ``__init__`` and
+    is several times slower on this hot path)."""
+    new = object.__new__(TaskSpec)
+    for name in TaskSpec.__slots__:
+        object.__setattr__(new, name, getattr(spec, name))
+    object.__setattr__(new, "attempt", attempt)
+    object.__setattr__(new, "cores", cores)
+    return new
 
 
 def _failure(result: Result, reason: str) -> BaseException:

@@ -157,10 +157,10 @@ class Scheduler:
         self._waiters: dict[str, list[int]] = {}
         self._n = {s: 0 for s in TaskState}
         self._n_failed = 0
+        self._cores = self._slots = 0  # totals over the workers (kept up to date: O(1) queries at any size)
 
     # ------------------------------------------------------------ queries
     def counts(self) -> SchedulerCounts:
-        live = self.workers.values()
         return SchedulerCounts(
             waiting=self._n[TaskState.WAITING],
             ready=self._n[TaskState.READY],
@@ -168,15 +168,18 @@ class Scheduler:
             done=self._n[TaskState.DONE],
             failed=self._n_failed,
             workers=len(self.workers),
-            cores=sum(w.cores for w in live),
-            slots=sum(w.slots for w in live),
+            cores=self._cores,
+            slots=self._slots,
         )
 
+    def in_flight(self) -> int:
+        """Tasks submitted and not done (waiting, ready or running)."""
+        n = self._n
+        return n[TaskState.WAITING] + n[TaskState.READY] + n[TaskState.RUNNING]
+
     def hungry(self) -> int:
-        slots = sum(w.slots for w in self.workers.values())
-        want = max(self.hungry_minimum, self.hungry_factor * slots)
-        have = self._n[TaskState.WAITING] + self._n[TaskState.READY] + self._n[TaskState.RUNNING]
-        return max(0, want - have)
+        want = max(self.hungry_minimum, self.hungry_factor * self._slots)
+        return max(0, want - self.in_flight())
 
     def state_of(self, task_id: int) -> TaskState | None:
         """The task's state; None once it is done and forgotten (or was never submitted)."""
@@ -237,6 +240,8 @@ class Scheduler:
         w = _Worker(ev)
         self.workers[w.id] = w
         self._free[w.id] = None
+        self._cores += w.cores
+        self._slots += w.slots
         if first:
             self._fail_unsatisfiable(out)
 
@@ -245,6 +250,8 @@ class Scheduler:
         if w is None:
             return
         self._free.pop(w.id, None)
+        self._cores -= w.cores
+        self._slots -= w.slots
         for tid in sorted(w.running):
             t = self.tasks[tid]
             t.worker = None
