@@ -364,7 +364,9 @@ class Scheduler:
             if result is Result.SUCCESS:
                 self._available.add(name)
                 for wid in self._waiters.pop(name, ()):
-                    waiter = self.tasks[wid]
+                    waiter = self.tasks.get(wid)  # None: it ended (cancelled) and was forgotten
+                    if waiter is None:
+                        continue
                     waiter.missing.discard(name)
                     if waiter.state is TaskState.WAITING and not waiter.missing:
                         self._make_ready(waiter, out)
@@ -372,8 +374,8 @@ class Scheduler:
                 why = f"its producer, task {t.id}, ended with {result.value}"
                 self._failed_files[name] = why
                 for wid in self._waiters.pop(name, ()):
-                    waiter = self.tasks[wid]
-                    if waiter.state is TaskState.WAITING:
+                    waiter = self.tasks.get(wid)
+                    if waiter is not None and waiter.state is TaskState.WAITING:
                         self._finish(waiter, Result.EXCEPTION, out, reason=f"input {name} missing: {why}")
 
     def _valid(self, tid: int, token: int) -> bool:

@@ -236,3 +236,11 @@ def test_done_tasks_are_forgotten_so_memory_stays_flat():
         s.handle(TaskSubmitted(i, cores=1))
         s.handle(finished(i, "w"))
     assert len(s.tasks) == 0 and s.counts().done == 1000
+
+
+def test_a_cancelled_waiter_is_forgotten_and_its_producer_still_finishes():
+    s = Scheduler()
+    s.handle(WorkerJoined("w"))
+    s.handle(TaskSubmitted(1, outputs=("t",)), TaskSubmitted(2, inputs=("t",), temps=("t",)))
+    assert completes(s.handle(CancelRequested(2))) == {2: Result.CANCELLED}
+    assert completes(s.handle(finished(1, "w"))) == {1: Result.SUCCESS}  # no KeyError for the gone waiter
