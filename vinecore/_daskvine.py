@@ -80,7 +80,8 @@ class GetStatistics:
     bytes of temps read by a task on another / the same worker as the one
     holding them; ``peak_held_bytes`` / ``peak_held_temps``: most intermediate
     data kept on the workers at once; ``library_bytes``: size of the plan
-    shipped to each worker; ``seconds``: wall time of the get."""
+    shipped to each worker; ``peak_in_flight``: most tasks of the get submitted
+    and not finished at once (submission is lazy); ``seconds``: wall time of the get."""
 
     nodes: int
     tasks: int
@@ -93,6 +94,7 @@ class GetStatistics:
     peak_held_bytes: int
     peak_held_temps: int
     library_bytes: int
+    peak_in_flight: int
     seconds: float
 
 
@@ -162,17 +164,17 @@ class DaskVine(Manager):
                           retries=opts["retries"], rewrite=opts["associative"])
         run = GraphRun(plan, task_groups=opts["task_groups"])
         values: dict[int, Any] = {}
-        tasks = 0
+        tasks = peak = 0
         payload = b""
         if plan.keys:
             payload = graph_payload(plan.worker, plan.keys)
-            tasks = self._run(plan, run, payload, values)
+            tasks, peak = self._run(plan, run, payload, values)
         c = run.counters
         self.last_get = GetStatistics(
             nodes=len(plan.keys), tasks=tasks, reductions=run.shapes(), not_rewritten=dict(plan.not_rewritten),
             bytes_moved=c.bytes_moved, bytes_local=c.bytes_local, reads_moved=c.reads_moved,
             reads_local=c.reads_local, peak_held_bytes=c.peak_held_bytes, peak_held_temps=c.peak_held_temps,
-            library_bytes=len(payload), seconds=time.perf_counter() - t0)
+            library_bytes=len(payload), peak_in_flight=peak, seconds=time.perf_counter() - t0)
         flat = {}
         from ._graph import flatten_keys
 
@@ -181,7 +183,7 @@ class DaskVine(Manager):
         return repack(keys, flat)
 
     # ------------------------------------------------------------ the loop
-    def _run(self, plan, run: GraphRun, payload: bytes, values: dict[int, Any]) -> int:
+    def _run(self, plan, run: GraphRun, payload: bytes, values: dict[int, Any]) -> tuple[int, int]:
         DaskVine._gets += 1
         lib = f"daskvine-{DaskVine._gets}-{uuid.uuid4().hex[:8]}"
         self.install_library(Library.from_functions(lib, run_node, run_reduction,
@@ -190,13 +192,14 @@ class DaskVine(Manager):
         inflight: dict[int, Job] = {}
         holder = _holder_of(getattr(self.engine, "name", ""))
         wanted = plan.requested
-        tasks = 0
+        tasks = peak = 0
         failed = True
         try:
             while not run.complete:
                 for job in run.next_jobs(self.hungry() + run.ahead_waiting):
                     inflight[self.submit(self._task(plan, job, lib, files))] = job
                     tasks += 1
+                peak = max(peak, len(inflight))
                 if not inflight:
                     raise RuntimeError("DaskVine: nothing is running but the graph is not finished; "
                                        "this is a bug in vinecore, please report it with the graph")
@@ -221,7 +224,7 @@ class DaskVine(Manager):
             except Exception:
                 if not failed:
                     raise
-        return tasks
+        return tasks, peak
 
     def _task(self, plan, job: Job, lib: str, files: dict[int, Any]) -> FunctionCall:
         inputs = [files[p] for p in job.inputs]

@@ -159,8 +159,9 @@ def flatten_keys(keys: Any) -> list:
 
 
 def repack(keys: Any, values: dict) -> Any:
+    """Values in the nesting of ``keys``: a list of keys gives a tuple, as dask's own ``get`` does."""
     if isinstance(keys, list):
-        return [repack(k, values) for k in keys]
+        return tuple(repack(k, values) for k in keys)
     return values[keys]
 
 

@@ -109,3 +109,22 @@ def assert_clean(m):
     store = getattr(m.engine, "store", None)
     if store is not None:
         assert [f for f in os.listdir(store.root) if not f.startswith(".")] == []
+
+
+class Logged:
+    """A callable that notes every time it is unpickled (how often the graph is shipped)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, x):
+        return x + 1
+
+    def __reduce__(self):
+        return rebuild_logged, (self.log,)
+
+
+def rebuild_logged(log):
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return Logged(log)

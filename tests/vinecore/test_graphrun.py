@@ -143,5 +143,5 @@ def test_flat_when_not_wide_enough_or_disabled():
 
 
 def test_repack_keeps_dasks_nesting():
-    assert repack([["a", ("b", 1)], "c"], {"a": 1, ("b", 1): 2, "c": 3}) == [[1, 2], 3]
+    assert repack([["a", ("b", 1)], "c"], {"a": 1, ("b", 1): 2, "c": 3}) == ((1, 2), 3)
     assert repack("a", {"a": 1}) == 1
