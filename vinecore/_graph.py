@@ -178,7 +178,7 @@ def _deps_of(obj: Any) -> frozenset:
 def _describe_missing(key: Any, graph: dict, wanted_by: Any) -> str:
     import difflib
 
-    names = [str(k) for k in list(graph)[:20000]]
+    names = [str(k) for k in list(graph)[:5000]]
     near = difflib.get_close_matches(str(key), names, n=3)
     who = f"dask key {wanted_by!r} depends on {key!r}" if wanted_by is not None else f"key {key!r} was requested"
     hint = f"; similar keys: {near}" if near else ""

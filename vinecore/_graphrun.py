@@ -130,9 +130,6 @@ class GraphRun:
         return (f"dask key {key!r} (associative reduction of {r.n} inputs: partial call {job.call} "
                 f"over {len(job.operands or ())} operands)")
 
-    def inflight(self) -> list[int]:
-        return list(self._jobs)
-
     # ------------------------------------------------------------ events
     def next_jobs(self, budget: int) -> list[Job]:
         """Jobs to submit now: reduction calls and task-group links, then up to ``budget`` from the queue."""
