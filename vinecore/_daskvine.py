@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._associative import TreeShape
-from ._graph import build_plan, graph_payload, load_graph, repack, run_node, run_reduction
+from ._graph import build_plan, flatten_keys, graph_payload, load_graph, repack, run_node, run_reduction
 from ._graphrun import GraphRun, Job
 from ._manager import Manager
 from ._tasks import FunctionCall, Library
@@ -176,8 +176,6 @@ class DaskVine(Manager):
             reads_local=c.reads_local, peak_held_bytes=c.peak_held_bytes, peak_held_temps=c.peak_held_temps,
             library_bytes=len(payload), peak_in_flight=peak, seconds=time.perf_counter() - t0)
         flat = {}
-        from ._graph import flatten_keys
-
         for key, (kind, v) in zip(flatten_keys(keys), plan.targets):
             flat[key] = v if kind == "value" else values[v]
         return repack(keys, flat)
