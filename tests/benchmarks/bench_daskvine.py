@@ -10,6 +10,8 @@ Prints JSON with three measurements, each with the load average around it:
   processes (``Client.get``). Every contender runs the graph once to warm up.
 * the same shape with 1,000 nodes that each sleep 50 ms: efficiency = ideal
   wall time (nodes x 50 ms / workers) / measured wall time.
+* task groups: 32 chains of 8 nodes passing 1 MB along, bytes read from
+  another worker's temps with and without ``task_groups``;
 * peak intermediate data held for a 5,000-input reduction (``merge(*events)``,
   each event a 1 KB numpy array), with and without ``@associative``, for a
   commutative merge (adding arrays) and an order-keeping one (concatenation).
@@ -67,6 +69,37 @@ def concat(*parts):
 
 def concat_flat(*parts):
     return np.concatenate(parts)
+
+
+def blob(i):
+    return bytes([i % 256]) * 1_000_000
+
+
+def grow(b):
+    return b[:-1] + b[-1:]
+
+
+def chains_graph(n_chains: int, length: int) -> tuple[dict, list]:
+    dsk, keys = {}, []
+    for c in range(n_chains):
+        dsk[("link", c, 0)] = (blob, c)
+        for i in range(1, length):
+            dsk[("link", c, i)] = (grow, ("link", c, i - 1))
+        keys.append(("link", c, length - 1))
+    return dsk, keys
+
+
+def task_groups(dv, n_chains: int, length: int) -> dict:
+    dsk, keys = chains_graph(n_chains, length)
+    dv.get(*chains_graph(2, 2))  # warm
+    out = {"chains": n_chains, "length": length, "bytes_per_link": 1_000_000}
+    for label, on in (("with_task_groups", True), ("without", False)):
+        before = load()
+        wall = timed(dv.get, dsk, keys, task_groups=on)
+        s = dv.last_get
+        out[label] = {"wall_s": round(wall, 3), "bytes_moved": s.bytes_moved, "bytes_local": s.bytes_local,
+                      "reads_moved": s.reads_moved, "reads_local": s.reads_local, "load_before": before}
+    return out
 
 
 def grouped_graph(fn, groups: int, leaves: int) -> tuple[dict, list]:
@@ -175,6 +208,7 @@ def main() -> None:
     try:
         results["noop_10000"] = overheads(gets, args.workers, 100 // scale, noop, 0.0)
         results["sleep50ms_1000"] = overheads(gets, args.workers, 10 // scale, nap, 0.05)
+        results["task_groups"] = task_groups(dv, 32 // min(scale, 4), 8)
         results["held_5000"] = held_state(dv, 5000 // scale, args.fan_in, args.workers)
     finally:
         close()
