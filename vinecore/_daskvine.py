@@ -17,7 +17,7 @@ One ``get`` is one run:
    temps are dropped, the library is removed, and the error names the key.
    A Python exception raised by the node is re-raised as itself, with a note
    naming the key and the remote traceback; running out of memory or time, or
-   losing the worker, raises :class:`DaskNodeError`. An interrupt
+   losing the worker, or needing more than any worker has, raises :class:`DaskNodeError`. An interrupt
    (KeyboardInterrupt) of the caller cleans up the same way, so the manager
    stays usable.
 
@@ -284,6 +284,9 @@ class DaskVine(Manager):
                    f"{f'{r.memory} MB' if r.memory else 'none set'}{measured}): {detail}. Give the node more "
                    "memory with dask.annotate(resources={'memory': MB}) around it, or "
                    "DaskVine.get(..., resources={'memory': MB}) for every node.")
+        elif t.result == "unsatisfiable":
+            msg = (f"{what} can never run: {detail}. Ask for less with dask.annotate(resources=...) around "
+                   "it or get(..., resources=...), or start larger workers.")
         elif t.result == "max wall time":
             msg = (f"{what} ran over its time_max of {r.time_max} s {where}: {detail}. Raise it with "
                    "dask.annotate(resources={'time_max': seconds}) or get(..., resources=...).")

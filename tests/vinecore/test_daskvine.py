@@ -171,6 +171,15 @@ def test_memory_exhaustion_is_reported_by_key_and_the_manager_stays_usable(dv):
     assert delayed(sum)(fine).compute(scheduler=dv.get) == 30
 
 
+def test_a_node_no_worker_can_fit_is_reported_by_key(dv):
+    with dask.annotate(resources={"cores": 64}):
+        huge = delayed(cases.scale)(1, 2)
+    with pytest.raises(vinecore.DaskNodeError, match="can never run") as info:
+        delayed(sum)([huge, delayed(cases.scale)(2, 2)]).compute(scheduler=dv.get)
+    assert info.value.key == huge.key and info.value.result == "unsatisfiable"
+    assert_clean(dv)
+
+
 def test_exception_is_reraised_with_key_and_remote_traceback(dv):
     bad = delayed(cases.boom)(delayed(cases.scale)(2, 3))
     with pytest.raises(ValueError, match="bad value 6") as info:
