@@ -51,6 +51,7 @@ __all__ = ["DaskVine", "DaskNodeError", "GetStatistics"]
 _OPTIONS = ("fan_in", "resources", "retries", "task_groups", "associative")
 _IGNORED = ("num_workers", "pool", "optimize_graph")  # meaningful to dask's local schedulers only
 _DRAIN_SECONDS = 60.0
+_WAKE_SECONDS = 1.0
 _SHM = "/dev/shm"
 
 
@@ -201,7 +202,7 @@ class DaskVine(Manager):
                 if not inflight:
                     raise RuntimeError("DaskVine: nothing is running but the graph is not finished; "
                                        "this is a bug in vinecore, please report it with the graph")
-                t = self.wait(None)
+                t = self.wait(_WAKE_SECONDS)  # back in Python at least this often: Ctrl-C lands promptly
                 if t is None:
                     continue
                 job = inflight.pop(t.id)

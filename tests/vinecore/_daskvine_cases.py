@@ -68,11 +68,14 @@ def boom(x):
 
 
 def slow(marker):
+    """Runs for two minutes unless stopped; writes ``marker`` when it starts, ``marker.done`` at the end."""
     with open(marker, "w"):
         pass
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.01)
+    with open(marker + ".done", "w"):
+        pass
     return 0
 
 

@@ -208,6 +208,7 @@ def test_keyboard_interrupt_cancels_the_get_and_leaves_the_manager_usable(dv, tm
     watcher = interrupt_when(marker)
     with pytest.raises(KeyboardInterrupt):
         graph.compute(scheduler=dv.get)
+    assert not os.path.exists(marker + ".done")  # stopped, not waited for
     watcher.join(10)
     assert_clean(dv)
     assert delayed(sum)([delayed(cases.scale)(i, 1) for i in range(20)]).compute(scheduler=dv.get) == 190

@@ -5,6 +5,8 @@ dask engine costs ~10 ms on the 2-core CI machine (tests/benchmarks/bench_vineco
 so the 10,000-chunk and 5,000-input graphs run on the sync and local engines only.
 """
 
+import os
+
 import dask
 import dask.array as da
 import dask.bag as db
@@ -82,6 +84,7 @@ def test_exception_and_keyboard_interrupt(dv, tmp_path):
     watcher = interrupt_when(marker)
     with pytest.raises(KeyboardInterrupt):
         delayed(sum)([delayed(cases.slow)(marker), delayed(cases.scale)(1, 1)]).compute(scheduler=dv.get)
+    assert not os.path.exists(marker + ".done")
     watcher.join(10)
     assert_clean(dv)
     assert delayed(cases.scale)(4, 4).compute(scheduler=dv.get) == 16
