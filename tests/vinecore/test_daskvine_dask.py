@@ -20,7 +20,9 @@ from tests.vinecore._daskvine_cases import assert_clean
 from tests.vinecore.test_daskvine import interrupt_when, sync
 from vinecore.testing import DaskProcesses
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+# the references run on dask's sync scheduler while the dask engine's Client exists (dask 2025.3 warns)
+pytestmark = [pytest.mark.distributed, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:Running on a single-machine scheduler")]
 
 
 @pytest.fixture(scope="module")
