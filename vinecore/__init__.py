@@ -9,10 +9,16 @@ Layers (each module uses only the ones above it)::
     _runtime  worker side: run one task in a process, enforce limits, measure
     engines/  thin adapters: sync (in-process), local (processes), dask
     _manager  Manager: moves events and actions between _state and an engine
+    _associative  @associative and the pure planner of reduction trees
+    _graph    dask graphs -> a plan of jobs; the worker side of a graph run
+    _graphrun the pure state of one graph run (submission, task groups, release)
+    _daskvine DaskVine: a Manager whose get() runs dask graphs
 
 Public names follow TaskVine's Python API where the concept exists there.
 """
 
+from ._associative import associative
+from ._daskvine import DaskNodeError, DaskVine, GetStatistics
 from ._events import Result, TaskState
 from ._files import File
 from ._manager import Manager, ManagerState, Statistics
@@ -28,10 +34,13 @@ from .exceptions import (
 )
 
 __all__ = [
+    "DaskNodeError",
+    "DaskVine",
     "EngineError",
     "File",
     "FileFetchError",
     "FunctionCall",
+    "GetStatistics",
     "Library",
     "Manager",
     "ManagerClosedError",
@@ -45,6 +54,7 @@ __all__ = [
     "TaskSubmissionError",
     "UnsatisfiableTaskError",
     "VinecoreError",
+    "associative",
     "current_worker",
     "library_context",
     "load_variable_from_library",

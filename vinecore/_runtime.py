@@ -85,6 +85,7 @@ class Outcome:
     memory: float  # MB above the resident size at start
     peak_rss: float  # MB
     worker_id: str = ""
+    output_size: int = 0  # bytes of the pickled return value (kept as a temp or sent back)
 
 
 class DirStore:
@@ -291,6 +292,7 @@ class WorkerRuntime:
         buf = io.StringIO()
         result = Result.SUCCESS
         output: bytes | None = None
+        output_size = 0
         sandbox = None
         old_cwd = None
         old_limit = None
@@ -333,6 +335,7 @@ class WorkerRuntime:
                     if sandbox:
                         self._collect_outputs(spec, sandbox)
                     data = _serialize.dumps(value)
+                    output_size = len(data)
                     if spec.output_temp:
                         self.store.put(spec.output_temp, data)
                     else:
@@ -372,7 +375,7 @@ class WorkerRuntime:
                 output = _serialize.exception_payload(TimeoutError(
                     f"task {spec.task_id} ran {wall:.2f} s, over its time_max of {spec.time_max} s"))
         return Outcome(spec.task_id, result, output, buf.getvalue(), wall, cpu, grew, peak / 1024,
-                       self.worker_id)
+                       self.worker_id, output_size if result is Result.SUCCESS else 0)
 
     def _load(self, spec: TaskSpec):
         fn, args, kwargs = _serialize.loads(spec.payload)

@@ -16,7 +16,9 @@ Selection
     Highest priority first; equal priorities in submission order (FIFO).
     Among the tasks of the top priority, a worker prefers one whose locality
     key it served recently (``Task.set_locality``: e.g. the ROOT file a worker
-    already has open).
+    already has open). A task that becomes ready while the worker that last
+    ran its key is free goes to that worker (a consumer queued behind its
+    producer follows it, instead of the round robin's next free worker).
 Packing
     A worker offers ``cores`` and ``slots``. A task without ``cores`` takes the
     whole worker (TaskVine's rule). A task that fits no worker *right now*
@@ -69,6 +71,7 @@ __all__ = ["Scheduler", "SchedulerCounts"]
 _RETRYABLE = frozenset({Result.EXCEPTION, Result.WORKER_LOST})
 _SCAN_LIMIT = 64  # ready entries examined for one worker before giving up
 _RECENT_KEYS = 16  # locality keys remembered per worker
+_LAST_KEYS = 4096  # locality keys whose last worker is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,8 @@ class Scheduler:
         self._n = {s: 0 for s in TaskState}
         self._n_failed = 0
         self._cores = self._slots = 0  # totals over the workers (kept up to date: O(1) queries at any size)
+        self._last_worker: OrderedDict[str, str] = OrderedDict()  # locality key -> worker that last ran it
+        self._affine: list[tuple[int, int]] = []  # (id, token) just ready, whose key has a last worker
 
     # ------------------------------------------------------------ queries
     def counts(self) -> SchedulerCounts:
@@ -349,6 +354,8 @@ class Scheduler:
         heapq.heappush(self._heap, (-t.priority, self._seq, t.token, t.id))
         if t.locality is not None:
             self._by_key.setdefault(t.locality, deque()).append((t.id, t.token))
+            if t.locality in self._last_worker:
+                self._affine.append((t.id, t.token))
 
     def _finish(self, t: _Task, result: Result, out: list[Action], *, report=None,
                 worker: str | None = None, reason: str = "") -> None:
@@ -421,6 +428,8 @@ class Scheduler:
         return found
 
     def _schedule(self, out: list[Action]) -> None:
+        if self._affine:
+            self._schedule_affine(out)
         if not self._n[TaskState.READY] or not self._free:
             return
         for wid in list(self._free):
@@ -438,6 +447,23 @@ class Scheduler:
             if not self._n[TaskState.READY]:
                 break
 
+    def _schedule_affine(self, out: list[Action]) -> None:
+        """Tasks just ready go to the free worker that last ran their key (within the top priority)."""
+        affine, self._affine = self._affine, []
+        for tid, token in affine:
+            if not self._valid(tid, token):
+                continue
+            t = self.tasks[tid]
+            w = self.workers.get(self._last_worker.get(t.locality, ""))
+            if w is None or w.id not in self._free or not w.has_room() or not w.fits(t):
+                continue
+            top = self._top()
+            if top is not None and top.priority != t.priority:
+                continue
+            self._dispatch(t, w, out)
+            if not w.has_room():
+                self._free.pop(w.id, None)
+
     def _dispatch(self, t: _Task, w: _Worker, out: list[Action]) -> None:
         t.attempts += 1
         t.worker = w.id
@@ -450,5 +476,9 @@ class Scheduler:
             w.recent[t.locality] = None
             if len(w.recent) > _RECENT_KEYS:
                 w.recent.popitem(last=False)
+            self._last_worker.pop(t.locality, None)
+            self._last_worker[t.locality] = w.id
+            if len(self._last_worker) > _LAST_KEYS:
+                self._last_worker.popitem(last=False)
         self._set_state(t, TaskState.RUNNING, out, w.id, f"attempt {t.attempts}")
         out.append(Dispatch(t.id, w.id, t.attempts, t.alloc_cores))

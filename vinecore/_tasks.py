@@ -4,7 +4,8 @@
 :class:`FunctionCall` names a function of an installed :class:`Library`, whose
 context is built once per worker. The setters follow TaskVine's Python API.
 After ``Manager.wait`` returns a task, its outcome is in ``result``,
-``output``, ``std_output``, ``resources_measured`` and ``worker``.
+``output``, ``std_output``, ``resources_measured``, ``output_size`` (bytes of
+the pickled return value, also when it stayed on the worker as a temp) and ``worker``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Task:
         self.output: Any = None
         self.std_output: str = ""
         self.resources_measured: ResourcesMeasured | None = None
+        self.output_size: int = 0  # bytes of the pickled return value, also when kept as a temp
         self.worker: str | None = None
         self.attempts: int = 0
         self.manager = None
