@@ -64,7 +64,7 @@ def process(item: Any) -> dict[str, Any]:
     from ._coffea import run_processor
 
     data = job.postprocess(item) if job.postprocess is not None else item
-    return {name: run_processor(proc, data) for name, proc in job.processors.items()}
+    return {name: run_processor(proc, data, cores=job.cores) for name, proc in job.processors.items()}
 
 
 def accumulate(*parts: dict[str, Any]) -> dict[str, Any]:
