@@ -66,7 +66,10 @@ def load_analysis(path: str | os.PathLike, name: str | None = None) -> dict[str,
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(modname, None)
-        raise AnalysisError(f"importing the analysis {path!r} failed: {type(exc).__name__}: {exc}") from exc
+        hint = ""
+        if isinstance(exc, ImportError) and any(m in f"{exc.name} {exc}" for m in ("dask_awkward", "dask_histogram")):
+            hint = "\n  a dask-mode analysis needs the extra: pip install 'ddr-hep[dask-awkward]'"
+        raise AnalysisError(f"importing the analysis {path!r} failed: {type(exc).__name__}: {exc}{hint}") from exc
     cloudpickle.register_pickle_by_value(module)  # workers cannot import it by name
 
     found: dict[str, Any] = {}

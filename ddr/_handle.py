@@ -328,6 +328,7 @@ def _partial_snapshot(ddr: DynamicDataReduction, run: Reduction) -> dict[str, tu
     out = {}
     for ds in run.ledgers:
         value, cov, final = run.merged_so_far(ds)
+        value = ddr._finalize(ds, value)  # dask-mode array pieces joined (a new object)
         if final:
             value = copy.deepcopy(value)  # the final value: the caller may not alter it
         if value is not None and ddr._single:

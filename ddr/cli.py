@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--initial-chunk-size", type=int, default=10_000, metavar="N")
     r.add_argument("--target-seconds", type=float, default=30.0, metavar="S", help="adaptive chunk duration target")
     r.add_argument("--schema", default="NanoAOD", help="NanoAOD, PHYSLITE or Base")
+    r.add_argument("--mode", default="auto", choices=["auto", "eager", "virtual", "dask"],
+                   help="NanoEvents mode: dask for processors written for coffea's dask mode (dask-awkward, "
+                        "hist.dask; needs ddr-hep[dask-awkward]); auto (default) detects it from the code")
     r.add_argument("--memory", type=int, metavar="MB", help="memory allocation per task; over it a chunk is split")
     r.add_argument("--time-max", type=float, metavar="S", help="wall time limit per task; over it a chunk is split")
     r.add_argument("--accumulation-size", type=int, default=8, metavar="K", help="partials merged per accumulation task")
@@ -147,13 +150,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ._coffea import resolve_schema
 
         resolve_schema(args.schema)
+        from ._daskmode import resolve_mode
+
+        mode = resolve_mode(args.mode, procs)
         engine, engine_options = dask_engine_options(args)
     except (DDRError, ValueError, OSError) as exc:
         _err(str(exc))
         return 2
     proc = next(iter(procs.values()))
     ddr = CoffeaDynamicDataReduction(
-        datasets, proc, schema=args.schema, chunk_size=args.chunk_size, initial_chunk_size=args.initial_chunk_size,
+        datasets, proc, schema=args.schema, mode=mode, chunk_size=args.chunk_size,
+        initial_chunk_size=args.initial_chunk_size,
         target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
         cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
         skip_bad_files=args.skip_bad_files, engine_options=engine_options,
