@@ -46,7 +46,7 @@ import threading
 import time
 import types
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -318,6 +318,9 @@ def chunk_events(opener: Any, t: Any, chunk: Any, partitions: int = 1) -> Any:
         template = _build_template(key, chunk.path, tree, typenames or tree.typenames(),
                                    resolve_schema(opener.schema), metadata, opener.uproot_options)
         state.templates[key] = template
+        while len(state.templates) > state.max_templates:
+            state.templates.popitem(last=False)
+    state.templates.move_to_end(key)
     bounds = _split(chunk.start, chunk.stop, partitions)
     divisions = (0, *[b - chunk.start for _, b in bounds])
     read = _ChunkRead(template, template.io_func, tree, (chunk.dataset, chunk.path, chunk.tree), _ChunkLog())
@@ -391,8 +394,9 @@ class ChunkRecord:
 class DaskModeState:
     """Per-opener (so per worker and run) dask-mode caches and statistics."""
 
-    def __init__(self) -> None:
-        self.templates: dict[tuple, _Template] = {}
+    def __init__(self, max_templates: int = 16) -> None:
+        self.templates: OrderedDict[tuple, _Template] = OrderedDict()  # LRU: a wide one holds a few MB
+        self.max_templates = max_templates
         self.columns: dict[tuple, frozenset] = {}
         self.records: deque[ChunkRecord] = deque(maxlen=10_000)
         self.fallbacks = 0  # chunks recomputed because a kept projection failed
@@ -401,7 +405,7 @@ class DaskModeState:
 def opener_state(opener: Any) -> DaskModeState:
     state = getattr(opener, "daskmode", None)
     if state is None:
-        state = opener.daskmode = DaskModeState()
+        state = opener.daskmode = DaskModeState(max(1, getattr(opener, "max_open_files", 16)))
     return state
 
 
