@@ -13,9 +13,10 @@ Outputs
   axes, unweighted ``Int64`` storage, a ``dataset`` category axis);
 * ``cutflow``: ``"<dataset>/<step>"`` -> event count, steps ``all``,
   ``two_muons``, ``os_pair``, ``q5``;
-* ``q5_events``: an awkward array, one record per event passing query 5:
-  ``run``, ``luminosityBlock``, ``event``, ``mass`` (the opposite-sign pair
-  mass nearest the Z mass) and ``met``.
+* ``q5_high_met``: an awkward array, one record per query-5 event with MET
+  above 100 GeV (Z -> mumu recoiling against something invisible): ``run``,
+  ``luminosityBlock``, ``event``, ``mass`` (the opposite-sign pair mass
+  nearest the Z mass) and ``met``.
 
 Running
 -------
@@ -40,6 +41,7 @@ import hist.dask as hda
 from coffea import processor
 
 Z_MASS = 91.1876
+HIGH_MET = 100.0
 
 
 class DimuonDaskProcessor(processor.ProcessorABC):
@@ -74,13 +76,14 @@ class DimuonDaskProcessor(processor.ProcessorABC):
         h_met.fill(dataset=dataset, met=met[in_z_window])
 
         nearest = ak.argmin(abs(mass - Z_MASS), axis=1, keepdims=True)
-        passing = events[two_muons][in_z_window]
-        q5_events = dak.zip({
+        high_met = in_z_window & (met > HIGH_MET)
+        passing = events[two_muons][high_met]
+        q5_high_met = dak.zip({
             "run": passing.run,
             "luminosityBlock": passing.luminosityBlock,
             "event": passing.event,
-            "mass": ak.firsts(mass[nearest])[in_z_window],
-            "met": met[in_z_window],
+            "mass": ak.firsts(mass[nearest])[high_met],
+            "met": met[high_met],
         })
 
         return {
@@ -93,7 +96,7 @@ class DimuonDaskProcessor(processor.ProcessorABC):
                 f"{dataset}/os_pair": ak.sum(has_os_pair),
                 f"{dataset}/q5": ak.sum(in_z_window),
             },
-            "q5_events": q5_events,
+            "q5_high_met": q5_high_met,
         }
 
     def postprocess(self, accumulator):

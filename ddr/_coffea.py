@@ -196,7 +196,7 @@ class NanoEventsOpener:
         self._lock = threading.RLock()
         self.opens = self.schemas_built = self.chunks = 0
         self._closed_since_collect = 0
-        self.daskmode: Any = None  # ddr._daskmode.DaskModeState, made on first use
+        self.daskmode: Any = None  # ddr._daskchunk.DaskModeState, made on first use
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()
@@ -289,7 +289,7 @@ class NanoEventsOpener:
         with self._lock:
             self.chunks += 1
         if self.mode == "dask":
-            from ._daskmode import chunk_events
+            from ._daskchunk import chunk_events
 
             return chunk_events(self, t, chunk, partitions)
         meta = dict(self.metadata.get(chunk.dataset, {}))
@@ -459,7 +459,7 @@ def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any],
     """
     try:
         if getattr(opener, "mode", None) == "dask":
-            from ._daskmode import process_chunk_dask
+            from ._daskchunk import process_chunk_dask
 
             return process_chunk_dask(opener, processors, chunk, cores, call_processor)
         if cores <= 1 or chunk.size < 2:

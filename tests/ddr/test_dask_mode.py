@@ -33,7 +33,7 @@ from tests.conftest import ANALYSES, DATASETS, SAMPLES  # noqa: E402
 
 pytestmark = [pytest.mark.dask_awkward, pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
-# what analyses/dimuon_dask.py reads: muons and MET for the histograms, event IDs for the q5_events array
+# what analyses/dimuon_dask.py reads: muons and MET for the histograms, event IDs for the q5_high_met array
 DIMUON_BRANCHES = ["MET_pt", "Muon_charge", "Muon_eta", "Muon_mass", "Muon_phi", "Muon_pt", "event",
                    "luminosityBlock", "nMuon", "run"]
 HISTS = ("mass", "mass_log", "met_q5")
@@ -59,8 +59,8 @@ def assert_equal_outputs(ours, ref):
         for key in HISTS:
             assert ours[ds][key] == ref[ds][key], f"{key} of {ds} differs"
         assert ours[ds]["cutflow"] == ref[ds]["cutflow"], ds
-        assert isinstance(ours[ds]["q5_events"], ak.Array)
-        assert ak.array_equal(ours[ds]["q5_events"], ref[ds]["q5_events"]), ds
+        assert isinstance(ours[ds]["q5_high_met"], ak.Array)
+        assert ak.array_equal(ours[ds]["q5_high_met"], ref[ds]["q5_high_met"]), ds
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,7 @@ def test_ddr_run_equals_coffea_dask_on_the_real_samples(tmp_path, samples_refere
     ours = load(out)
     assert_equal_outputs(ours, samples_reference)
     assert ours["DoubleMuon2018"]["cutflow"]["DoubleMuon2018/q5"] == 6  # real Z -> mumu events
+    assert len(ours["TTbar"]["q5_high_met"]) == 3  # Z candidates with MET > 100 GeV: in ttbar
     report = json.loads(rep.read_text())
     assert report["complete"] and report["events_processed"] == 40 + 40 + 1000 + 200
 
@@ -114,9 +115,9 @@ def test_api_on_synthetic_files_equals_coffea_dask(synthetic, synthetic_run):
     assert job.mode == "dask"
     assert_equal_outputs(result, coffea_dask_reference(synthetic, dask_processor(), step_size=7_000))
     (ds,) = result
-    assert len(result[ds]["q5_events"]) > 1000
+    assert len(result[ds]["q5_high_met"]) > 100
     value, fraction = partial[ds]
-    assert fraction == 1.0 and ak.array_equal(value["q5_events"], result[ds]["q5_events"])
+    assert fraction == 1.0 and ak.array_equal(value["q5_high_met"], result[ds]["q5_high_met"])
     assert job.report["datasets"][ds]["chunks_done"] > 2  # several chunks, merged in any order
 
 
@@ -162,14 +163,41 @@ def test_column_projection_reads_only_the_branches_the_processor_needs():
     ref = NanoEventsFactory.from_root({str(SAMPLES / "nano_dimuon.root"): "Events"}, mode="dask",
                                       metadata={"dataset": "DoubleMuon2018"}).events()
     outs = dask_processor().process(ref)
-    (coffea_needs,) = dak.necessary_columns(outs["mass"], *outs["cutflow"].values(), outs["q5_events"]).values()
+    (coffea_needs,) = dak.necessary_columns(outs["mass"], *outs["cutflow"].values(), outs["q5_high_met"]).values()
     assert sorted(coffea_needs) == DIMUON_BRANCHES  # what dask-awkward finds on coffea's own events
     assert [r.branches_read for r in records] == [DIMUON_BRANCHES, DIMUON_BRANCHES]
     assert records[0].branches_in_file > 1500  # a real NanoAOD file: 1,601 branches
-    assert not records[0].projection_kept and records[1].projection_kept  # the second chunk reused it
+    assert [r.graph_reused for r in records] == [False, True]  # same dataset, layout and length
     size = (SAMPLES / "nano_dimuon.root").stat().st_size
     assert 0 < records[0].bytes_read < size / 20
     assert first["cutflow"]["DoubleMuon2018/all"] == 20 and second["cutflow"]["DoubleMuon2018/all"] == 20
+
+
+def test_a_graph_is_reused_for_chunks_of_the_same_length_and_gives_what_a_new_one_gives():
+    proc = dask_processor()
+    chunks = [dimuon_chunk("DYto2E.root", a, b, "EGamma2023") for a, b in [(0, 300), (300, 600), (600, 800),
+                                                                          (800, 1000)]]
+    op, fresh = NanoEventsOpener(mode="dask"), NanoEventsOpener(mode="dask")
+    try:
+        reused = [process_chunk(op, {"d": proc}, c)["d"] for c in chunks]
+        new = []
+        for c in chunks:
+            if fresh.daskmode is not None:  # forget every graph and projection: each chunk builds its own
+                fresh.daskmode.graphs.clear()
+                fresh.daskmode.columns.clear()
+            new.append(process_chunk(fresh, {"d": proc}, c)["d"])
+        records = list(op.daskmode.records)
+    finally:
+        op.close()
+        fresh.close()
+    assert [(r.graph_reused, r.projection_kept) for r in records] == [(False, False), (True, False),
+                                                                      (False, True), (True, False)]
+    for a, b in zip(reused, new):
+        for key in HISTS:
+            assert a[key] == b[key]
+        assert a["cutflow"] == b["cutflow"]
+    assert [r["cutflow"]["EGamma2023/all"] for r in reused] == [300, 300, 200, 200]
+    assert reused[0]["mass"].sum() != reused[1]["mass"].sum()  # really other events
 
 
 class Fickle:
@@ -186,13 +214,15 @@ class Fickle:
 def test_a_kept_projection_that_misses_a_branch_is_redone_in_full():
     op = NanoEventsOpener(mode="dask", metadata={"DY": {"is_mc": True}})
     try:
-        c = Chunk("DY", str(SAMPLES / "nano_dy.root"), "Events", 0, 40, None)
-        muons, electrons = (process_chunk(op, {"f": Fickle()}, c)["f"] for _ in range(2))
+        # chunks of different lengths: the second gets a new graph, projected as the first
+        muons, electrons = (process_chunk(op, {"f": Fickle()}, Chunk("DY", str(SAMPLES / "nano_dy.root"),
+                                                                      "Events", 0, stop, None))["f"]
+                            for stop in (40, 39))
         assert op.daskmode.fallbacks == 1 and op.daskmode.records[-1].branches_read == ["nElectron"]
     finally:
         op.close()
     direct = NanoEventsFactory.from_root({str(SAMPLES / "nano_dy.root"): "Events"}, mode="virtual").events()
-    assert (muons["n"], electrons["n"]) == (ak.sum(ak.num(direct.Muon)), ak.sum(ak.num(direct.Electron)))
+    assert (muons["n"], electrons["n"]) == (ak.sum(ak.num(direct.Muon)), ak.sum(ak.num(direct.Electron[:39])))
     coffea_meta = NanoEventsFactory.from_root({str(SAMPLES / "nano_dy.root"): "Events"}, mode="dask",
                                               metadata={"is_mc": True, "dataset": "DY"}).events().metadata
     assert muons["meta"] == coffea_meta  # what apply_to_fileset gives: the dataset's metadata and its name
@@ -210,7 +240,7 @@ def test_a_chunk_split_over_two_cores_gives_the_same_result():
     for key in HISTS:
         assert one[key] == two[key]
     assert one["cutflow"] == two["cutflow"] and one["cutflow"]["EGamma2023/two_muons"] > 0
-    assert ak.array_equal(one["q5_events"].concatenate(), two["q5_events"].concatenate())
+    assert ak.array_equal(one["q5_high_met"].concatenate(), two["q5_high_met"].concatenate())
 
 
 @pytest.mark.slow
