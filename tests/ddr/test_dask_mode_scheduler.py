@@ -134,3 +134,21 @@ def test_dask_mode_without_dask_awkward_says_how_to_install_it(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     assert "pip install 'ddr-hep[dask-awkward]'" in r.stderr and "dimuon_dask.py" in r.stderr
+
+
+# -------------------------------------------------------- awkward outputs
+def test_array_pieces_merge_with_coffea_accumulate_and_join_in_fileset_order():
+    import awkward as ak
+
+    from ddr._daskmode import ArrayPieces, finalize
+    from ddr._reducers import accumulate_pair, reduce_all
+
+    parts = {("b.root", 0): [5], ("a.root", 10): [3, 4], ("a.root", 0): [1, 2], ("b.root", 7): [6]}
+    outs = [{"arr": ArrayPieces([(where, ak.Array(v))]), "n": len(v)} for where, v in parts.items()]
+    merged = reduce_all(outs, accumulate_pair)  # in an order that is not the files'
+    assert merged["n"] == 6 and len(merged["arr"]) == 6 and "6 entries" in repr(merged["arr"])
+    assert [len(o["arr"].pieces) for o in outs] == [1, 1, 1, 1]  # the inputs are not modified
+    done = finalize(merged, {"a.root": 0, "b.root": 1})
+    assert done["arr"].tolist() == [1, 2, 3, 4, 5, 6] and done["n"] == 6
+    assert finalize(merged, {"b.root": 0, "a.root": 1})["arr"].tolist() == [5, 6, 1, 2, 3, 4]
+    assert isinstance(merged["arr"], ArrayPieces)  # finalize returns a new value
