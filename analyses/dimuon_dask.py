@@ -14,9 +14,11 @@ Outputs
 * ``cutflow``: ``"<dataset>/<step>"`` -> event count, steps ``all``,
   ``two_muons``, ``os_pair``, ``q5``;
 * ``q5_high_met``: an awkward array, one record per query-5 event with MET
-  above 100 GeV (Z -> mumu recoiling against something invisible): ``run``,
-  ``luminosityBlock``, ``event``, ``mass`` (the opposite-sign pair mass
-  nearest the Z mass) and ``met``.
+  above 100 GeV (Z -> mumu recoiling against something invisible), for an
+  unbinned look: ``mass`` (the opposite-sign pair mass nearest the Z mass)
+  and ``met``. It reads no branch beyond those of the histograms (event IDs
+  would add three branches for every event, columnar reading cannot read
+  them for the selected events only).
 
 Running
 -------
@@ -77,14 +79,7 @@ class DimuonDaskProcessor(processor.ProcessorABC):
 
         nearest = ak.argmin(abs(mass - Z_MASS), axis=1, keepdims=True)
         high_met = in_z_window & (met > HIGH_MET)
-        passing = events[two_muons][high_met]
-        q5_high_met = dak.zip({
-            "run": passing.run,
-            "luminosityBlock": passing.luminosityBlock,
-            "event": passing.event,
-            "mass": ak.firsts(mass[nearest])[high_met],
-            "met": met[high_met],
-        })
+        q5_high_met = dak.zip({"mass": ak.firsts(mass[nearest])[high_met], "met": met[high_met]})
 
         return {
             "mass": h_mass,

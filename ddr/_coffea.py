@@ -169,6 +169,10 @@ class NanoEventsOpener:
     it plus ``dataset``, ``filename``, ``treename``, ``entrystart``,
     ``entrystop`` and ``fileuuid`` (as coffea's Runner sets them).
     Thread-safe: ``process_chunk`` uses it from several threads.
+
+    ``mode`` is NanoEvents' ``"virtual"``, ``"eager"`` or ``"dask"``: dask-awkward
+    events over the same open files, with ``apply_to_fileset``'s metadata
+    (:mod:`ddr._daskchunk`; needs the dask-awkward extra).
     """
 
     def __init__(self, schema: Any = "NanoAOD", *, mode: str = "virtual",

@@ -130,8 +130,9 @@ class _Binding:
 
     tree: Any
     base: int  # the chunk's first entry; partitions are given relative to it
-    where: tuple  # (dataset, path, tree name), for errors
+    where: tuple  # (dataset, path, tree name, chunk start, chunk stop), for errors
     log: _ChunkLog
+    setup: float = 0.0  # seconds spent building the template for this chunk (0 when it was kept)
     columns: frozenset | None = None  # a kept projection the unprojected io function applies
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -161,11 +162,10 @@ class _ChunkRead:
         start, stop = b.base + bounds[0], b.base + bounds[1]
         try:
             return inner.read_tree(b.tree, start, stop)[0]
-        except Exception as exc:
+        except Exception as exc:  # named by the chunk's range: the chunk is what is retried or skipped
             from ._coffea import _bad_input
 
-            dataset, path, tree = b.where
-            raise _bad_input(exc, dataset, path, tree, start, stop, "cannot read the events") from exc
+            raise _bad_input(exc, *b.where, "cannot read the events") from exc
 
     @property
     def return_report(self) -> bool:
@@ -206,11 +206,14 @@ def chunk_events(opener: Any, t: Any, chunk: Any, partitions: int = 1) -> Any:
         t.layout = hash(frozenset(typenames.items()))
     key = (chunk.dataset, tree.object_path, t.layout)
     template = state.templates.get(key)
+    setup = 0.0
     if template is None:
+        t0 = time.perf_counter()
         metadata = {**opener.metadata.get(chunk.dataset, {}), "dataset": chunk.dataset}
         template = _build_template(key, chunk.path, tree, typenames or tree.typenames(),
                                    resolve_schema(opener.schema), metadata, opener.uproot_options)
         state.templates[key] = template
+        setup = time.perf_counter() - t0
         while len(state.templates) > state.max_templates:
             state.templates.popitem(last=False)
     state.templates.move_to_end(key)
@@ -218,7 +221,8 @@ def chunk_events(opener: Any, t: Any, chunk: Any, partitions: int = 1) -> Any:
     edges = [0]
     for n in lengths:
         edges.append(edges[-1] + n)
-    binding = _Binding(tree, chunk.start, (chunk.dataset, chunk.path, chunk.tree), _ChunkLog())
+    binding = _Binding(tree, chunk.start, (chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop),
+                       _ChunkLog(), setup)
     cache = getattr(getattr(dak, "lib", None), "core", None)
     if cache is not None and hasattr(cache, "dak_cache"):
         cache.dak_cache.clear()  # as coffea does: earlier chunks' graphs must not stay alive
@@ -236,6 +240,7 @@ class ChunkRecord:
     start: int
     stop: int
     partitions: int
+    setup_seconds: float  # opening the file and building its template, when this chunk was the first
     graph_seconds: float  # events, and when the graph is new: process() and the optimisation
     compute_seconds: float
     branches_read: list[str]
@@ -295,6 +300,8 @@ def _process(state: DaskModeState, opener: Any, processors: Mapping[str, Any], c
     from ._coffea import _is_dask, _map_leaves, compute_leaves
 
     t0 = time.perf_counter()
+    opener.open_tree(chunk.path, chunk.tree, dataset=chunk.dataset, start=chunk.start, stop=chunk.stop)
+    opened = time.perf_counter() - t0  # ~0 unless this chunk opened the file
     partitions = len(_lengths(chunk.size, cores))
     events = opener(chunk, partitions=partitions)
     read = next(layer.io_func for layer in events.dask.layers.values()
@@ -354,8 +361,9 @@ def _process(state: DaskModeState, opener: Any, processors: Mapping[str, Any], c
         return ArrayPieces([(where, value)]) if isinstance(leaf, dak.Array) else value
 
     out = compute_leaves(_map_leaves(graph.out, eager), cores)  # other dask collections (delayed, arrays...)
-    record = ChunkRecord(chunk.dataset, chunk.path, chunk.start, chunk.stop, partitions, round(t1 - t0, 6),
-                         round(t2 - t1, 6), sorted(graph.binding.log.keys), read.template.branches,
+    setup = opened + read.binding.setup
+    record = ChunkRecord(chunk.dataset, chunk.path, chunk.start, chunk.stop, partitions, round(setup, 6),
+                         round(t1 - t0 - setup, 6), round(t2 - t1, 6), sorted(graph.binding.log.keys), read.template.branches,
                          None if before is None or after is None else after - before, reused, kept is not None)
     state.records.append(record)
     _log_record(record)

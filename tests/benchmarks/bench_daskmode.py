@@ -24,6 +24,7 @@ the awkward array's length); the script fails loudly if they differ. Prints JSON
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -81,7 +82,8 @@ def run_coffea(fileset: pathlib.Path, workers: int, step_size: int = 500_000) ->
             Client(cluster) as client:
         client.wait_for_workers(workers)
         t0 = time.perf_counter()
-        available, _ = preprocess(fs, step_size=step_size, save_form=False)
+        with contextlib.redirect_stdout(sys.stderr):  # coffea's notices: keep stdout pure JSON
+            available, _ = preprocess(fs, step_size=step_size, save_form=False)
         t1 = time.perf_counter()
         graph = apply_to_fileset(_processor(), available, schemaclass=NanoAODSchema)
         t2 = time.perf_counter()
@@ -113,16 +115,22 @@ def _chunk_summary(chunks: list[dict]) -> dict:
         by_size.setdefault(c["stop"] - c["start"], []).append(c)
     graph = sum(c["graph_seconds"] for c in chunks)
     total = graph + sum(c["compute_seconds"] for c in chunks)
+    setup = sum(c["setup_seconds"] for c in chunks)
     events = sum(c["stop"] - c["start"] for c in chunks)
     weighted = sum(frac(c) * (c["stop"] - c["start"]) for c in chunks) / events
     return {
         "chunks": len(chunks),
+        "graph_seconds_total": round(graph, 3),
+        "compute_seconds_total": round(total - graph, 3),
+        "setup_seconds_total (file opens, templates; not in the fractions)": round(setup, 3),
+        "graphs_reused": sum(c["graph_reused"] for c in chunks),
         "graph_fraction_of_chunk_time_overall": round(graph / total, 4),
         "graph_fraction_event_weighted": round(weighted, 4),
         "by_chunk_size": {size: {"chunks": len(cs), "median_graph_seconds": round(statistics.median(
             c["graph_seconds"] for c in cs), 3), "median_compute_seconds": round(statistics.median(
                 c["compute_seconds"] for c in cs), 3), "median_graph_fraction": round(statistics.median(
-                    frac(c) for c in cs), 4), "projection_kept": sum(c["projection_kept"] for c in cs)}
+                    frac(c) for c in cs), 4), "graphs_reused": sum(c["graph_reused"] for c in cs),
+                    "projection_kept": sum(c["projection_kept"] for c in cs)}
             for size, cs in sorted(by_size.items())},
         "branches_read_per_chunk": sorted({c["branches_read"] for c in chunks}),
         "branches_in_file": sorted({c["branches_in_file"] for c in chunks}),
