@@ -47,7 +47,7 @@ from ._reducers import accumulate_pair, reduce_all
 from .exceptions import BadInputError, TreeNotFound, classify_input_error, format_names, nearest
 
 __all__ = ["SCHEMAS", "resolve_schema", "NanoEventsOpener", "OpenerStatistics", "count_entries", "run_processor",
-           "process_chunk", "classify_error"]
+           "call_processor", "compute_leaves", "process_chunk", "classify_error"]
 
 # name -> class name in coffea.nanoevents, imported on first use
 SCHEMAS: dict[str, str] = {
@@ -460,6 +460,8 @@ def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any],
 
     With ``cores > 1`` the chunk is split into ``cores`` entry ranges run on
     dask's threaded scheduler, and their results are merged here with ``reducer``.
+    An opener in dask mode makes one graph of ``cores`` partitions instead
+    (:func:`ddr._daskchunk.process_chunk_dask`).
     """
     try:
         if getattr(opener, "mode", None) == "dask":
