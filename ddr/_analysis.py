@@ -85,7 +85,9 @@ def _import_file(path: str) -> Any:
     except Exception as exc:
         sys.modules.pop(modname, None)
         hint = ""
-        if isinstance(exc, ModuleNotFoundError) and exc.name:
+        if isinstance(exc, ImportError) and any(m in f"{exc.name} {exc}" for m in ("dask_awkward", "dask_histogram")):
+            hint = "\n  a dask-mode analysis needs the extra: pip install 'ddr-hep[dask-awkward]'"
+        elif isinstance(exc, ModuleNotFoundError) and exc.name:
             hint = (f"\n  {exc.name!r} is neither installed nor beside the analysis in {folder}; "
                     f"install it (pip install ...) or copy {exc.name}.py next to {os.path.basename(path)}")
         raise AnalysisError(f"importing the analysis {path!r} failed: {type(exc).__name__}: {exc}{hint}") from exc

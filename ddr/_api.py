@@ -153,6 +153,10 @@ class DynamicDataReduction:
         """``({dataset: (value, coverage)} to start from, checkpointer or None)``; none in the generic form."""
         return {}, None
 
+    def _finalize(self, dataset: str, value: Any) -> Any:
+        """A merged value as the user sees it (the coffea flavour joins dask-mode array pieces)."""
+        return value
+
     # ---------------------------------------------------------------- run
     def _open_manager(self) -> tuple[vinecore.Manager, bool]:
         if self.manager is not None:
@@ -203,7 +207,7 @@ class DynamicDataReduction:
         out: dict[str, dict[str, Any]] = {name: {} for name in self.processors}
         for ds, value in results.items():
             for name, proc in self.processors.items():
-                v = None if value is None else value.get(name)
+                v = None if value is None else self._finalize(ds, value.get(name))
                 post = getattr(proc, "postprocess", None)
                 if v is not None and callable(post):
                     r = post(v)
@@ -223,16 +227,26 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
     memory unless ``chunk_size`` fixes them. With ``run_dir`` and
     ``checkpoint_every``, checkpoints are written there; ``resume=True`` starts
     from the run directory's checkpoint (or afresh, saying so, if it has none).
+
+    ``mode`` is how NanoEvents are given to the processors: ``"virtual"``
+    (lazy arrays, read on access), ``"eager"``, or ``"dask"`` for processors
+    written for coffea's dask mode (dask-awkward, ``hist.dask``; each chunk is
+    a dask graph computed on the worker, see :mod:`ddr._daskmode`). The
+    default ``"auto"`` picks ``"dask"`` when the processors' code uses
+    dask-awkward or hist.dask, ``"virtual"`` otherwise.
     """
 
     def __init__(self, fileset: Any, processors: Any, *, schema: Any = "NanoAOD", chunk_size: int | None = None,
                  initial_chunk_size: int = 10_000, target_seconds: float = 30.0, max_chunk_size: int = 2_000_000,
-                 uproot_options: Mapping[str, Any] | None = None, mode: str = "virtual",
+                 uproot_options: Mapping[str, Any] | None = None, mode: str | None = "auto",
                  reducer: Callable[[Any, Any], Any] | None = None, min_split: int = 1,
                  checkpoint_every: float | None = None, resume: bool = False, fingerprint_extra: str = "",
                  **kwargs: Any) -> None:
         from ._coffea import NanoEventsOpener
+        from ._daskmode import resolve_mode
 
+        mode = resolve_mode(mode, normalize_processors(processors)[0])
+        self.mode = mode
         self.datasets: dict[str, Dataset] = load_fileset(fileset) if not isinstance(fileset, Mapping) or not all(
             isinstance(v, Dataset) for v in fileset.values()) else dict(fileset)
         metadata = {name: dict(ds.metadata) for name, ds in self.datasets.items()}
@@ -284,3 +298,11 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
                                             skip={p: list(rs) for p, rs in skip.get(name, {}).items()},
                                             min_split=self.options.min_split)
         return planners
+
+    def _finalize(self, dataset: str, value: Any) -> Any:
+        if self.mode != "dask" or value is None:
+            return value
+        from ._daskmode import finalize
+
+        files = self.datasets[dataset].files if dataset in self.datasets else []
+        return finalize(value, {f.path: i for i, f in enumerate(files)})

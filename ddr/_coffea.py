@@ -47,7 +47,7 @@ from ._reducers import accumulate_pair, reduce_all
 from .exceptions import BadInputError, TreeNotFound, classify_input_error, format_names, nearest
 
 __all__ = ["SCHEMAS", "resolve_schema", "NanoEventsOpener", "OpenerStatistics", "count_entries", "run_processor",
-           "process_chunk", "classify_error"]
+           "call_processor", "compute_leaves", "process_chunk", "classify_error"]
 
 # name -> class name in coffea.nanoevents, imported on first use
 SCHEMAS: dict[str, str] = {
@@ -55,7 +55,7 @@ SCHEMAS: dict[str, str] = {
     "PFNanoAOD": "PFNanoAODSchema", "ScoutingNanoAOD": "ScoutingNanoAODSchema",
     "TreeMaker": "TreeMakerSchema", "Delphes": "DelphesSchema",
 }
-_MODES = ("virtual", "eager")
+_MODES = ("virtual", "eager", "dask")
 
 
 def resolve_schema(name_or_class: Any) -> Any:
@@ -159,6 +159,7 @@ class _Tree:
     def __init__(self, tree: Any, directory: Any) -> None:
         self.tree, self.directory = tree, directory
         self.schema: Any = None
+        self.layout: Any = None  # dask mode: a digest of the tree's branch names and types
 
 
 class NanoEventsOpener:
@@ -168,17 +169,27 @@ class NanoEventsOpener:
     it plus ``dataset``, ``filename``, ``treename``, ``entrystart``,
     ``entrystop`` and ``fileuuid`` (as coffea's Runner sets them).
     Thread-safe: ``process_chunk`` uses it from several threads.
+
+    ``mode`` is NanoEvents' ``"virtual"``, ``"eager"`` or ``"dask"``: dask-awkward
+    events over the same open files, with ``apply_to_fileset``'s metadata
+    (:mod:`ddr._daskchunk`; needs the dask-awkward extra).
     """
 
     def __init__(self, schema: Any = "NanoAOD", *, mode: str = "virtual",
                  uproot_options: Mapping[str, Any] | None = None, max_open_files: int = 16,
                  metadata: Mapping[str, Mapping[str, Any]] | None = None, freeze_gc: bool = True) -> None:
         if mode not in _MODES:
-            raise ValueError(f"mode {mode!r} is not supported; use one of {', '.join(_MODES)} (ddr already "
-                             "parallelises over chunks, so NanoEvents' dask mode is not needed)")
+            raise ValueError(f"mode {mode!r} is not supported; use one of {', '.join(_MODES)}")
         if max_open_files < 1:
             raise ValueError(f"max_open_files must be at least 1, got {max_open_files}")
-        resolve_schema(schema)  # fail early, on the manager
+        schemaclass = resolve_schema(schema)  # fail early, on the manager
+        if mode == "dask":
+            from ._daskmode import require_dask_awkward
+
+            require_dask_awkward()
+            if not getattr(schemaclass, "__dask_capable__", True):
+                raise ValueError(f"the {getattr(schemaclass, '__name__', schema)} schema has no dask mode in "
+                                 "coffea; use mode='virtual'")
         self.schema, self.mode, self.max_open_files, self.freeze_gc = schema, mode, max_open_files, freeze_gc
         self.uproot_options = dict(uproot_options or {})
         self.metadata = {name: dict(meta) for name, meta in (metadata or {}).items()}
@@ -189,6 +200,7 @@ class NanoEventsOpener:
         self._lock = threading.RLock()
         self.opens = self.schemas_built = self.chunks = 0
         self._closed_since_collect = 0
+        self.daskmode: Any = None  # ddr._daskchunk.DaskModeState, made on first use
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()
@@ -254,11 +266,12 @@ class NanoEventsOpener:
         """Run every processor on the chunk's events (see :func:`process_chunk`); ddr's worker calls this."""
         return process_chunk(self, processors, chunk, cores=cores, reducer=reducer)
 
-    def __call__(self, chunk: Chunk) -> Any:
+    def __call__(self, chunk: Chunk, *, partitions: int = 1) -> Any:
+        """The chunk's events; in dask mode a dask-awkward array of ``partitions`` partitions."""
         where = (chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop)
         t = self._tree(chunk.path, chunk.tree, chunk.dataset, chunk.start, chunk.stop)
         try:
-            return self._events(t, chunk)
+            return self._events(t, chunk, partitions)
         except BadInputError:
             raise
         except Exception as exc:
@@ -266,7 +279,7 @@ class NanoEventsOpener:
                 self._evict(chunk.path)  # a handle that failed is not reused
             raise _bad_input(exc, *where, "cannot build the events") from exc
 
-    def _events(self, t: _Tree, chunk: Chunk) -> Any:
+    def _events(self, t: _Tree, chunk: Chunk, partitions: int = 1) -> Any:
         from coffea.nanoevents import NanoEventsFactory
 
         tree = t.tree
@@ -282,12 +295,16 @@ class NanoEventsOpener:
                                 what="entry range beyond the end of the tree",
                                 hint="the fileset's num_entries or steps do not match the file; run "
                                      "`ddr preprocess` again")
+        with self._lock:
+            self.chunks += 1
+        if self.mode == "dask":
+            from ._daskchunk import chunk_events
+
+            return chunk_events(self, t, chunk, partitions)
         meta = dict(self.metadata.get(chunk.dataset, {}))
         meta.update(dataset=chunk.dataset, filename=chunk.path, treename=chunk.tree, entrystart=chunk.start,
                     entrystop=chunk.stop, fileuuid=uuid)
         schemaclass = resolve_schema(self.schema)
-        with self._lock:
-            self.chunks += 1
         if not _fast_path(schemaclass):
             return NanoEventsFactory.from_root(
                 t.directory, treepath=chunk.tree, mode=self.mode, entry_start=chunk.start, entry_stop=chunk.stop,
@@ -392,19 +409,31 @@ def _materialize(obj: Any) -> Any:
     return obj
 
 
-def run_processor(processor: Any, events: Any, *, scheduler: str = "threads", num_workers: int | None = None) -> Any:
-    """Run one processor on ``events``; compute any dask collections in the output; load lazy arrays."""
+def run_processor(processor: Any, events: Any, *, cores: int = 1) -> Any:
+    """Run one processor on ``events``; compute any dask collections in the output on exactly ``cores``
+    cores (see :func:`ddr._daskmode.local_scheduler`); load lazy arrays."""
+    out = call_processor(processor, events)
+    return _map_leaves(compute_leaves(out, cores), _materialize)
+
+
+def call_processor(processor: Any, events: Any) -> Any:
+    """``processor.process(events)`` for a coffea processor, ``processor(events)`` for a callable."""
     if isinstance(processor, type):
         raise TypeError(f"got the class {processor.__name__}, not an instance. Probably you wrote "
                         f"processors={{...: {processor.__name__}}}; instead pass an instance: "
                         f"{processor.__name__}()")
     if callable(getattr(processor, "process", None)):
-        out = processor.process(events)
-    elif callable(processor):
-        out = processor(events)
-    else:
-        raise TypeError(f"a processor must be a coffea ProcessorABC or a callable taking the events, "
-                        f"got {type(processor).__name__}")
+        return processor.process(events)
+    if callable(processor):
+        return processor(events)
+    raise TypeError(f"a processor must be a coffea ProcessorABC or a callable taking the events, "
+                    f"got {type(processor).__name__}")
+
+
+def compute_leaves(out: Any, cores: int, *, optimize_graph: bool = True) -> Any:
+    """``out`` with every dask collection among its leaves computed, on a local scheduler of ``cores``."""
+    from ._daskmode import compute_group, local_scheduler
+
     found: list[Any] = []
 
     def collect(leaf: Any) -> Any:
@@ -413,21 +442,21 @@ def run_processor(processor: Any, events: Any, *, scheduler: str = "threads", nu
         return leaf
 
     _map_leaves(out, collect)
-    if found:
-        import dask
+    if not found:
+        return out
+    import dask
 
-        # One compute per collection type: dask 2026.8 returns the results of a
-        # compute that mixes Delayed with expression-backed collections (arrays,
-        # ...) in the wrong order. Within a type, shared inputs are still read once.
-        groups: dict[type, list[Any]] = {}
-        for c in found:
-            groups.setdefault(type(c), []).append(c)
-        by_id: dict[int, Any] = {}
-        for items in groups.values():
-            computed = dask.compute(*items, scheduler=scheduler, num_workers=num_workers)
-            by_id.update((id(c), v) for c, v in zip(items, computed))
-        out = _map_leaves(out, lambda leaf: by_id.get(id(leaf), leaf) if _is_dask(leaf) else leaf)
-    return _map_leaves(out, _materialize)
+    # One compute per group: dask 2026.8 returns the results of a compute that mixes Delayed with
+    # expression-backed collections (arrays, ...) in the wrong order. Within a group (all of
+    # dask-awkward and hist.dask are one), shared inputs are read once.
+    groups: dict[Any, list[Any]] = {}
+    for c in found:
+        groups.setdefault(compute_group(c), []).append(c)
+    by_id: dict[int, Any] = {}
+    for items in groups.values():
+        computed = dask.compute(*items, optimize_graph=optimize_graph, **local_scheduler(cores))
+        by_id.update((id(c), v) for c, v in zip(items, computed))
+    return _map_leaves(out, lambda leaf: by_id.get(id(leaf), leaf) if _is_dask(leaf) else leaf)
 
 
 def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any], chunk: Chunk, *, cores: int = 1,
@@ -436,15 +465,21 @@ def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any],
 
     With ``cores > 1`` the chunk is split into ``cores`` entry ranges run on
     dask's threaded scheduler, and their results are merged here with ``reducer``.
+    An opener in dask mode makes one graph of ``cores`` partitions instead
+    (:func:`ddr._daskchunk.process_chunk_dask`).
     """
     try:
+        if getattr(opener, "mode", None) == "dask":
+            from ._daskchunk import process_chunk_dask
+
+            return process_chunk_dask(opener, processors, chunk, cores, call_processor)
         if cores <= 1 or chunk.size < 2:
-            return _process(opener, processors, chunk, "sync")  # one core: no thread pool at all
+            return _process(opener, processors, chunk, cores)
         import dask
 
         if hasattr(opener, "open_tree"):  # open once, in this thread: the parts share the file
             opener.open_tree(chunk.path, chunk.tree, dataset=chunk.dataset, start=chunk.start, stop=chunk.stop)
-        parts = [dask.delayed(_process)(opener, processors, part, "sync") for part in chunk.split(cores)]
+        parts = [dask.delayed(_process)(opener, processors, part, 1) for part in chunk.split(cores)]
         results = dask.compute(*parts, scheduler="threads", num_workers=cores)
         return {name: reduce_all((r[name] for r in results), reducer) for name in processors}
     except BadInputError:
@@ -457,6 +492,6 @@ def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any],
 
 
 def _process(opener: Callable[[Chunk], Any], processors: Mapping[str, Any], chunk: Chunk,
-             scheduler: str) -> dict[str, Any]:
+             cores: int) -> dict[str, Any]:
     events = opener(chunk)
-    return {name: run_processor(p, events, scheduler=scheduler) for name, p in processors.items()}
+    return {name: run_processor(p, events, cores=cores) for name, p in processors.items()}

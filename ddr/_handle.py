@@ -137,8 +137,12 @@ class RunHandle:
         results; after a failure or cancel, also what was merged for unfinished datasets)."""
         snap = self._request(timeout)
         single = self._ddr._single
-        return {ds: ((next(iter(v.values())) if single and v is not None else v), frac)
-                for ds, (v, frac) in snap.items()}
+        out = {}
+        for ds, (v, frac) in snap.items():
+            if v is not None:
+                v = {name: self._ddr._finalize(ds, value) for name, value in v.items()}  # dask-mode array pieces
+            out[ds] = ((next(iter(v.values())) if single and v is not None else v), frac)
+        return out
 
     def outputs(self, timeout: float | None = 60) -> Any:
         """Everything held now, in the shape of ``result()``, unfinished datasets included (see the

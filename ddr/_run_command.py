@@ -171,6 +171,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     from ._analysis import load_analysis
     from ._api import CoffeaDynamicDataReduction
     from ._coffea import resolve_schema
+    from ._daskmode import resolve_mode
     from ._datasets import load_fileset
     from ._journal import ResumeError
     from .cli import _analysis_digest, _check_inputs, dask_engine_options
@@ -184,6 +185,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         _check_inputs(datasets, args.skip_bad_files)
         procs = load_analysis(args.analysis, args.processor)
         resolve_schema(args.schema)
+        mode = resolve_mode(args.mode, procs)
         engine, engine_options = dask_engine_options(args)
         output = _writable(args.output, "the output (-o)") if args.output else None
         report_path = _writable(args.report, "the report (--report)") if args.report else None
@@ -193,7 +195,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     proc = next(iter(procs.values()))
     job = CoffeaDynamicDataReduction(
-        datasets, proc, schema=args.schema, chunk_size=args.chunk_size, initial_chunk_size=args.initial_chunk_size,
+        datasets, proc, schema=args.schema, mode=mode, chunk_size=args.chunk_size,
+        initial_chunk_size=args.initial_chunk_size,
         target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
         cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
         skip_bad_files=args.skip_bad_files, keep_going=args.keep_going, engine_options=engine_options,

@@ -69,8 +69,7 @@ def process(item: Any) -> dict[str, Any]:
         from ._coffea import run_processor
 
         data = job.postprocess(item) if job.postprocess is not None else item
-        scheduler = "threads" if job.cores > 1 else "sync"  # worker-local dask on exactly the task's cores
-        out = {name: run_processor(proc, data, scheduler=scheduler, num_workers=job.cores)
+        out = {name: run_processor(proc, data, cores=job.cores)  # worker-local dask on exactly the task's cores
                for name, proc in job.processors.items()}
     for name, value in out.items():
         if value is None:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-max", type=_SECONDS, metavar="S", help="wall time limit per task; over it a chunk is split")
     r.add_argument("--accumulation-size", type=_number(int, 2), default=8, metavar="K",
                    help="partials merged per accumulation task")
+    r.add_argument("--mode", default="auto", choices=["auto", "eager", "virtual", "dask"],
+                   help="NanoEvents mode: dask for processors written for coffea's dask mode (dask-awkward, "
+                        "hist.dask; needs ddr-hep[dask-awkward]); auto (default) detects it from the code")
     r.add_argument("--skip-bad-files", action="store_true", help="record unreadable input and go on")
     r.add_argument("--keep-going", action="store_true",
                    help="record chunks on which the processor raises (or that run out of resources even at the "

@@ -202,8 +202,8 @@ def test_resolve_schema():
     with pytest.raises(ValueError) as info:
         resolve_schema("Nano")
     assert "unknown schema 'Nano'; valid names (nearest first): 'NanoAOD'," in str(info.value)
-    with pytest.raises(ValueError, match="mode 'dask' is not supported"):
-        NanoEventsOpener(mode="dask")
+    with pytest.raises(ValueError, match="mode 'lazy' is not supported; use one of virtual, eager, dask"):
+        NanoEventsOpener(mode="lazy")  # dask mode: tests/ddr/test_dask_mode*.py
     with pytest.raises(ValueError, match="unknown schema"):
         NanoEventsOpener("CMS")
 
