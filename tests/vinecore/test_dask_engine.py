@@ -8,6 +8,7 @@ SIGKILL costs nothing but recomputation.
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -135,3 +136,50 @@ def test_sigkill_of_a_worker_holding_temps_is_recovered(tmp_path):
             assert lost and sorted(set(runs)) == [100 + i for i in range(6)]
             assert all(runs.count(n) == 2 for n in lost), f"lost temps {lost} were not recomputed once: {runs}"
             assert len(runs) == 6 + len(lost)
+
+
+_MANAGER = """
+import sys, vinecore
+from vinecore import PythonTask
+from vinecore.testing import _sleep_in
+m = vinecore.Manager(engine="dask", workers=1, scheduler_file=sys.argv[1], run_dir=sys.argv[3])
+m.submit(PythonTask(_sleep_in, sys.argv[2], 120))
+m.wait(120)
+"""
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_library_processes_die_with_their_manager_and_their_worker(tmp_path):
+    from vinecore.testing import _alive, _sleep_in
+
+    pid_file = tmp_path / "task.pid"
+    with DaskProcesses(workers=1, directory=str(tmp_path / "c"), nanny=False) as cluster:
+        manager = subprocess.Popen([sys.executable, "-c", _MANAGER, cluster.scheduler_file, str(pid_file),
+                                    str(tmp_path / "run")])
+        try:
+            _wait_for(lambda: pid_file.exists() and pid_file.read_text(), 120, "the task never started")
+            library = int(pid_file.read_text())
+            manager.send_signal(signal.SIGKILL)
+            manager.wait()
+            t0 = time.monotonic()
+            _wait_for(lambda: not _alive(library), 10, "a library process outlived its manager by 10 s")
+            print(f"library process gone {time.monotonic() - t0:.2f} s after its manager")
+        finally:
+            if manager.poll() is None:
+                manager.kill()
+        assert cluster.workers[0].poll() is None  # the dask worker itself lives on
+
+        pid_file.unlink()
+        with vinecore.Manager(engine="dask", workers=1, run_dir=tmp_path / "run2",
+                              scheduler_file=cluster.scheduler_file) as m:
+            m.submit(PythonTask(_sleep_in, str(pid_file), 120))
+            _wait_for(lambda: pid_file.exists() and pid_file.read_text(), 120, "the task never started")
+            library = int(pid_file.read_text())
+            cluster.workers[0].send_signal(signal.SIGKILL)
+            _wait_for(lambda: not _alive(library), 10, "a library process outlived its dask worker by 10 s")

@@ -27,7 +27,9 @@ import sys
 import threading
 import time
 
-__all__ = ["frame", "write_frame", "read_frame", "read_frame_async", "main"]
+from .._runtime import DirStore
+
+__all__ = ["TaskStore", "frame", "write_frame", "read_frame", "read_frame_async", "main"]
 
 _PREFIX = struct.Struct("<QI")  # pickled header length, number of blobs
 _PR_SET_PDEATHSIG = 1
@@ -91,51 +93,46 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="vinecore-parent-watch").start()
 
 
-def _store_class():
-    from .._runtime import DirStore
+class TaskStore(DirStore):
+    """Temps in memory (this attempt's inputs and outputs); declared buffers and urls on disk, shared."""
 
-    class TaskStore(DirStore):
-        """Temps in memory for the current attempt; declared buffers and urls on disk, shared."""
+    def __init__(self, root: str) -> None:
+        super().__init__(root, memory_cache_mb=0)
+        self.temps: dict[str, bytes] = {}
+        self.scratch = os.path.join(root, f".scratch-{os.getpid()}")
 
-        def __init__(self, root: str) -> None:
-            super().__init__(root, memory_cache_mb=0)
-            self.temps: dict[str, bytes] = {}
-            self.scratch = os.path.join(root, f".scratch-{os.getpid()}")
+    def has(self, cache_name: str) -> bool:
+        return cache_name in self.temps or super().has(cache_name)
 
-        def has(self, cache_name: str) -> bool:
-            return cache_name in self.temps or super().has(cache_name)
+    def put(self, cache_name: str, data: bytes) -> None:
+        self.temps[cache_name] = data
 
-        def put(self, cache_name: str, data: bytes) -> None:
-            self.temps[cache_name] = data
+    def get(self, cache_name: str) -> bytes:
+        data = self.temps.get(cache_name)
+        return data if data is not None else super().get(cache_name)
 
-        def get(self, cache_name: str) -> bytes:
-            data = self.temps.get(cache_name)
-            return data if data is not None else super().get(cache_name)
+    def delete(self, cache_name: str) -> None:
+        self.temps.pop(cache_name, None)
 
-        def delete(self, cache_name: str) -> None:
-            self.temps.pop(cache_name, None)
+    def materialise(self, kind: str, cache_name: str, source) -> str:
+        if kind == "temp":  # a sandbox file: written for this attempt only
+            os.makedirs(self.scratch, exist_ok=True)
+            path = os.path.join(self.scratch, cache_name)
+            with open(path, "wb") as f:
+                f.write(self.get(cache_name))
+            return path
+        if kind == "buffer":
+            path = self.path(cache_name)
+            if not os.path.exists(path):
+                DirStore.put(self, cache_name, source)
+            return path
+        return super().materialise(kind, cache_name, source)
 
-        def materialise(self, kind: str, cache_name: str, source) -> str:
-            if kind == "temp":  # a sandbox file: written for this attempt only
-                os.makedirs(self.scratch, exist_ok=True)
-                path = os.path.join(self.scratch, cache_name)
-                with open(path, "wb") as f:
-                    f.write(self.get(cache_name))
-                return path
-            if kind == "buffer":
-                path = self.path(cache_name)
-                if not os.path.exists(path):
-                    DirStore.put(self, cache_name, source)
-                return path
-            return super().materialise(kind, cache_name, source)
-
-        def clear(self) -> None:
-            self.temps.clear()
-            if os.path.isdir(self.scratch):
-                for name in os.listdir(self.scratch):
-                    os.unlink(os.path.join(self.scratch, name))
-
-    return TaskStore
+    def clear(self) -> None:
+        self.temps.clear()
+        if os.path.isdir(self.scratch):
+            for name in os.listdir(self.scratch):
+                os.unlink(os.path.join(self.scratch, name))
 
 
 def main(argv: list[str]) -> int:
@@ -146,7 +143,7 @@ def main(argv: list[str]) -> int:
     from .. import _serialize
 
     sock = socket.socket(fileno=fd)
-    store = _store_class()(store_root)
+    store = TaskStore(store_root)
     runtime = WorkerRuntime(worker_id, store, isolated=True)
     while True:
         try:
