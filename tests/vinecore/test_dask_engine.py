@@ -183,3 +183,47 @@ def test_library_processes_die_with_their_manager_and_their_worker(tmp_path):
             library = int(pid_file.read_text())
             cluster.workers[0].send_signal(signal.SIGKILL)
             _wait_for(lambda: not _alive(library), 10, "a library process outlived its dask worker by 10 s")
+
+
+def _workers_to_close(dask_scheduler=None):
+    return dask_scheduler.workers_to_close()
+
+
+def test_temps_spill_to_disk_and_busy_workers_are_not_retired(make_manager):
+    from distributed import Client
+
+    with make_manager(workers=2, spill_mb=0) as m:  # no memory budget: all but the newest temp on disk
+        producers = [PythonTask(_value, 2000 + i) for i in range(8)]
+        temps = [p.enable_temp_output() for p in producers]
+        for p in producers:
+            m.submit(p)
+        _drain(m)
+        stats = m.engine.agent_stats()
+        assert sum(s["spilled"] for s in stats.values()) >= 6, stats
+        readers = [PythonTask(_length, f) for f in temps]
+        for r in readers:
+            m.submit(r)
+        _drain(m)
+        assert [r.output for r in readers] == [2000 + i for i in range(8)]
+        assert m.fetch_value(temps[0]) == list(range(2000))
+        # adaptive scaling (Cluster.adapt) asks the scheduler which workers to close: none while a run uses them
+        with Client(m.engine.client.scheduler.address) as c:
+            assert c.run_on_scheduler(_workers_to_close) == []
+
+
+@pytest.mark.parametrize("check", ["python_task", "temp_between_tasks", "cancel", "remove_library"])
+def test_conformance_through_the_scheduler(cluster, check, tmp_path):
+    """A client that may not connect to the workers (dask-gateway-like networks): every message is
+    relayed by the scheduler (``Scheduler.proxy``)."""
+    from distributed import Client
+
+    with Client(cluster.address, direct_to_workers=False) as client:
+        def make(workers=None, **kw):
+            make.count += 1
+            return vinecore.Manager(engine=client, workers=workers or 2, run_dir=tmp_path / f"run-{make.count}",
+                                    **kw)
+
+        make.count = 0
+        CHECKS[check](make, str(tmp_path))
+        with make() as m:
+            assert set(m.engine.routes().values()) == {"scheduler"}, m.engine.routes()

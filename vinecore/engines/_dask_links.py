@@ -13,7 +13,14 @@ and receives everything through one queue, as tuples:
 
 ``gen`` tells connections to the same address apart. A comm quiet for
 ``_PING`` seconds gets a ping, so the agent can tell a live manager from a
-vanished one. Membership comes from the scheduler's ``all`` event topic
+vanished one.
+
+Where the manager cannot open connections to the workers (dask-gateway and
+other setups where only the scheduler is reachable, or a client made with
+``direct_to_workers=False``), the same messages go through the scheduler,
+one ``Scheduler.proxy`` call per batch, as dask's own actors and gathers do
+there: a call carries the manager's batch and returns the agent's reports,
+and one call per worker is always waiting (up to ``_LONG_POLL`` s) for reports. Membership comes from the scheduler's ``all`` event topic
 (``add-worker`` / ``remove-worker``), subscribed once per client and shared
 by every engine on that client.
 """
@@ -31,11 +38,12 @@ __all__ = ["Links", "subscribe_membership", "unsubscribe_membership"]
 
 _PING = 2.0
 _CONNECT_DEADLINE = 30.0
-_REFUSALS = 3  # connection refusals before a worker counts as gone
+_REFUSALS = 3  # failed connections before a worker counts as unreachable directly
+_LONG_POLL = 1.0  # seconds an agent holds a relayed call while it has nothing to report
 
 
 class _Link:
-    __slots__ = ("addr", "gen", "comm", "outbox", "flushing", "last_write", "closed")
+    __slots__ = ("addr", "gen", "comm", "outbox", "flushing", "last_write", "closed", "relayed")
 
     def __init__(self, addr: str, gen: int, comm: Any) -> None:
         self.addr = addr
@@ -45,6 +53,7 @@ class _Link:
         self.flushing = False
         self.last_write = time.monotonic()
         self.closed = False
+        self.relayed = False  # through the scheduler (Scheduler.proxy) instead of a comm of our own
 
 
 class Links:
@@ -132,29 +141,45 @@ class Links:
             while link.outbox and not link.closed:
                 batch, link.outbox = link.outbox, []
                 link.last_write = time.monotonic()
-                await link.comm.write(batch)
+                if link.relayed:
+                    self._deliver(link, await self._relay(link.addr, batch, 0.0))
+                else:
+                    await link.comm.write(batch)
         except Exception as exc:  # noqa: BLE001 - the reader reports the comm's end
             await self._end(link, f"writing to the agent on {link.addr} failed: {type(exc).__name__}: {exc}")
         finally:
             link.flushing = False
 
     async def _connect(self, addr: str, gen: int) -> None:
+        direct = getattr(self.client, "direct_to_workers", None)
+        if direct is not False:
+            comm, first, why, reachable = await self._open_direct(addr)
+            if comm is not None:
+                await self._run_direct(addr, gen, comm, first)
+                return
+            if direct or reachable:  # direct was demanded, or the worker answered but never set us up
+                self.inbox.put(("down", addr, gen, f"could not reach the vinecore agent on dask worker {addr}: "
+                                                   f"{why}"))
+                return
+        await self._run_relayed(addr, gen)  # this network only lets the scheduler reach the workers
+
+    async def _open_direct(self, addr: str) -> tuple[Any, Any, str, bool]:
+        """``(comm, first message, why not, reachable)``: a comm to the run's agent on ``addr``, or why not."""
         from distributed.comm import connect
 
         deadline = time.monotonic() + _CONNECT_DEADLINE
         refusals = 0
+        reachable = False
         why = "no answer"
-        while not self.closed:
-            if time.monotonic() > deadline or refusals >= _REFUSALS:
-                self.inbox.put(("down", addr, gen, f"could not reach the vinecore agent on dask worker {addr}: {why}"))
-                return
+        while not self.closed and time.monotonic() < deadline and refusals < _REFUSALS:
             try:
-                comm = await connect(addr, timeout=10, **self.client.connection_args)
+                comm = await connect(addr, timeout=5, **self.client.connection_args)
             except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS failure
                 refusals += 1
                 why = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(0.2)
                 continue
+            reachable = True
             try:
                 await comm.write({"op": "vinecore_agent", "run": self.run, "reply": True, **self.options})
                 first = await comm.read()
@@ -164,25 +189,58 @@ class Links:
                 await comm.close()
                 await asyncio.sleep(0.2)
                 continue
-            if not first:  # the worker has not run our plugin's setup yet
-                why = "the vinecore plugin is not set up on it"
-                await comm.close()
-                await asyncio.sleep(0.1)
-                continue
-            break
-        else:
-            return
+            if first:
+                return comm, first, "", True
+            why = "the vinecore plugin is not set up on it"  # the worker has not run our plugin yet
+            await comm.close()
+            await asyncio.sleep(0.1)
+        return None, None, why, reachable
+
+    async def _run_direct(self, addr: str, gen: int, comm: Any, first: Any) -> None:
         link = self.links[addr] = _Link(addr, gen, comm)
-        for msg in first:
-            if msg[0] == "hello":
-                self.inbox.put(("hello", addr, gen, msg[1]))
+        self._deliver(link, first)
         try:
             while True:
-                batch = await comm.read()
-                self.inbox.put(("msgs", addr, gen, batch))
+                self._deliver(link, await comm.read())
         except Exception as exc:  # noqa: BLE001 - CommClosedError and friends
             if not link.closed:
                 await self._end(link, f"the comm to dask worker {addr} broke ({type(exc).__name__}: {exc})")
+
+    async def _run_relayed(self, addr: str, gen: int) -> None:
+        link = self.links[addr] = _Link(addr, gen, None)
+        link.relayed = True
+        deadline = time.monotonic() + _CONNECT_DEADLINE
+        try:
+            while True:
+                reports = await self._relay(addr, [("open",)], 0.0)
+                if reports is not None:
+                    break
+                if time.monotonic() > deadline:  # the worker never ran our plugin's setup
+                    raise RuntimeError("the vinecore plugin is not set up on it")
+                await asyncio.sleep(0.1)
+            self._deliver(link, reports)
+            while not link.closed and not self.closed:
+                self._deliver(link, await self._relay(addr, [], _LONG_POLL))
+        except Exception as exc:  # noqa: BLE001 - the scheduler could not reach the worker
+            if not link.closed:
+                await self._end(link, f"dask worker {addr} could not be reached through the scheduler "
+                                      f"({type(exc).__name__}: {exc})")
+
+    async def _relay(self, addr: str, batch: list, wait: float) -> Any:
+        return await self.client.scheduler.proxy(
+            msg={"op": "vinecore_relay", "run": self.run, "batch": batch, "wait": wait, **self.options}, worker=addr)
+
+    def _deliver(self, link: _Link, reports: Any) -> None:
+        msgs = []
+        for msg in reports or ():
+            if msg[0] == "hello":
+                self.inbox.put(("hello", link.addr, link.gen, msg[1]))
+            elif msg[0] == "gone":
+                raise ConnectionError(msg[1])
+            else:
+                msgs.append(msg)
+        if msgs:
+            self.inbox.put(("msgs", link.addr, link.gen, msgs))
 
     async def _end(self, link: _Link, why: str) -> None:
         if link.closed:
@@ -191,9 +249,15 @@ class Links:
         if self.links.get(link.addr) is link:
             del self.links[link.addr]
         self.inbox.put(("down", link.addr, link.gen, why))
+        await self._hang_up(link)
+
+    async def _hang_up(self, link: _Link) -> None:
         try:
-            await link.comm.close()
-        except Exception:  # noqa: BLE001
+            if link.relayed:
+                await self._relay(link.addr, [("bye",)], 0.0)
+            else:
+                await link.comm.close()
+        except Exception:  # noqa: BLE001 - gone already
             pass
 
     async def _disconnect(self, addr: str, gen: int) -> None:
@@ -201,15 +265,21 @@ class Links:
         if link is not None and link.gen == gen:
             link.closed = True
             del self.links[addr]
-            try:
-                await link.comm.close()
-            except Exception:  # noqa: BLE001
-                pass
+            await self._hang_up(link)
 
     async def _get_temp(self, addr: str, name: str) -> bytes | None:
         from ._dask_pool import call
 
-        got = await call(self.client.rpc, addr, op="vinecore_temp", run=self.run, name=name)
+        link = self.links.get(addr)
+        msg = {"op": "vinecore_temp", "run": self.run, "name": name}
+        got = None
+        if link is None or not link.relayed:
+            try:
+                got = await call(self.client.rpc, addr, **msg)
+            except Exception:  # noqa: BLE001 - not reachable directly: through the scheduler
+                got = None
+        if got is None:
+            got = await self.client.scheduler.proxy(msg=msg, worker=addr)
         if isinstance(got, dict) and got.get("data") is not None:
             data = got["data"]
             return data if isinstance(data, bytes) else bytes(data)
@@ -223,7 +293,7 @@ class Links:
             await asyncio.sleep(_PING / 2)
             now = time.monotonic()
             for link in list(self.links.values()):
-                if not link.flushing and now - link.last_write > _PING and not link.closed:
+                if not link.flushing and now - link.last_write > _PING and not link.closed and not link.relayed:
                     link.outbox.append(("ping",))
                     link.flushing = True
                     self._task(self._flush(link))
@@ -233,7 +303,7 @@ class Links:
         links, self.links = list(self.links.values()), {}
         for link in links:
             link.closed = True
-        await asyncio.gather(*(link.comm.close() for link in links), return_exceptions=True)
+        await asyncio.gather(*(self._hang_up(link) for link in links), return_exceptions=True)
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()

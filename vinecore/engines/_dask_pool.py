@@ -53,7 +53,7 @@ from .._events import Result
 from .._runtime import Outcome
 from ._dask_library import frame, read_frame_async
 
-__all__ = ["AgentPlugin", "Agent", "agent_stats", "held_temps", "wrap", "call"]
+__all__ = ["AgentPlugin", "Agent", "agent_stats", "held_temps", "hold", "wrap", "call"]
 
 _SILENCE = 10.0  # seconds without a word from the manager before the agent gives up
 _GRACE = 2.0  # seconds past time_max before the agent kills
@@ -186,6 +186,7 @@ class Agent:
         self.flushing = False
         self.closed = False
         self.heard = time.monotonic()
+        self.ready = asyncio.Event()  # a report waits (relayed mode)
         self.watchdog: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
         self.env = dict(os.environ)
@@ -196,12 +197,15 @@ class Agent:
             self.env.setdefault(var, str(cores))
 
     # ---------------------------------------------------------- the stream
-    async def serve(self) -> None:
-        """Talk to the manager until its comm ends; then stop everything."""
+    def _hello(self) -> tuple:
         state = self.worker.state
-        await self.comm.write([("hello", {"nthreads": int(getattr(state, "nthreads", 1) or 1),
-                                          "resources": dict(getattr(state, "total_resources", {}) or {}),
-                                          "processes": len(self.procs), "pid": os.getpid()})])
+        return ("hello", {"nthreads": int(getattr(state, "nthreads", 1) or 1),
+                          "resources": dict(getattr(state, "total_resources", {}) or {}),
+                          "processes": len(self.procs), "pid": os.getpid()})
+
+    async def serve(self) -> None:
+        """Talk to the manager over its comm until the comm ends; then stop everything."""
+        await self.comm.write([self._hello()])
         for proc in self.procs:
             self._spawn(proc)
         try:
@@ -217,9 +221,38 @@ class Agent:
         finally:
             await self.close()
 
+    def start_relayed(self) -> None:
+        """The manager cannot reach this worker directly: it calls :meth:`relay` through the scheduler."""
+        self.outbox.append(self._hello())
+        for proc in self.procs:
+            self._spawn(proc)
+        self._spawn_task(self._watch_silence())
+
+    async def relay(self, batch: list, wait: float) -> list:
+        """Take the manager's instructions; answer with the reports so far, waiting up to ``wait`` s for one."""
+        self.heard = time.monotonic()
+        for msg in batch:
+            self._on_message(msg)
+        if not self.outbox and wait > 0 and not self.closed:
+            self.ready.clear()
+            try:
+                await asyncio.wait_for(self.ready.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+        out, self.outbox = self.outbox, []
+        return out
+
+    async def _watch_silence(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(1.0)
+            if time.monotonic() - self.heard > _SILENCE:
+                await self.close()
+
     def _emit(self, msg: tuple) -> None:
         self.outbox.append(msg)
-        if not self.flushing and not self.closed:
+        if self.comm is None:
+            self.ready.set()
+        elif not self.flushing and not self.closed:
             self.flushing = True
             self._spawn_task(self._flush())
 
@@ -254,6 +287,8 @@ class Agent:
             self.libraries[msg[1]] = msg[2]
             for proc in self.procs:
                 self._send(proc, ("lib", msg[1]), [msg[2]])
+        elif kind == "bye":
+            self._spawn_task(self.close())
         elif kind == "unlib":
             if self.libraries.pop(msg[1], None) is not None:
                 for proc in self.procs:
@@ -482,10 +517,12 @@ class Agent:
                 while proc.popen.poll() is None and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
         self.temps.clear()
-        try:
-            await self.comm.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
+        self.ready.set()
+        if self.comm is not None:
+            try:
+                await self.comm.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
 
 
 def _outcome(job: _Job, reason: Result, why: str, proc: _Proc, wall: float) -> bytes:
@@ -546,6 +583,21 @@ class _Host:
         await agent.serve()
         return Status.dont_reply
 
+    async def relay(self, run: str, batch: list, wait: float = 0.0, processes: int | None = None,
+                    spill_mb: int = 1024, cores: int | None = None) -> Any:
+        """The same conversation as :meth:`agent`, one call at a time, for a manager that reaches this
+        worker only through the scheduler (``Scheduler.proxy``, as dask's own actors and gathers do)."""
+        key = (self.worker.address, run)
+        agent = _AGENTS.get(key)
+        if agent is None or agent.closed:
+            if batch and batch[0][0] != "open":
+                return [("gone", f"run {run} has no agent on {self.worker.address}")]
+            nthreads = max(1, int(getattr(self.worker.state, "nthreads", 1) or 1))
+            n = processes or nthreads
+            agent = _AGENTS[key] = Agent(self.worker, run, None, n, cores or max(1, nthreads // n), spill_mb)
+            agent.start_relayed()
+        return await agent.relay([m for m in batch if m[0] != "open"], wait)
+
     async def temp(self, run: str, name: str) -> dict:
         agent = _AGENTS.get((self.worker.address, run))
         if agent is None:
@@ -568,6 +620,7 @@ class AgentPlugin(WorkerPlugin):
             host = _Host(worker)
             worker.handlers["vinecore_agent"] = host.agent
             worker.handlers["vinecore_temp"] = host.temp
+            worker.handlers["vinecore_relay"] = host.relay
 
     async def teardown(self, worker: Any) -> None:
         agent = _AGENTS.pop((worker.address, self.run), None)
@@ -590,3 +643,18 @@ def held_temps(dask_worker: Any = None) -> int:
     """How many temps the vinecore agents of every run hold on this worker (for tests: ``Client.run``)."""
     return sum(len(a.temps.mem) + len(a.temps.disk) for (addr, _), a in list(_AGENTS.items())
                if dask_worker is None or addr == dask_worker.address)
+
+
+def hold(run: str) -> str:
+    """A dask task that lasts as long as the run's agent on its worker (submitted once per worker).
+
+    It secedes from the worker's thread pool, so it takes no thread from dask's own tasks, and a
+    worker with a long-running task is never picked by adaptive scaling (``Cluster.adapt``, which
+    would otherwise see an idle worker: vinecore's attempts are not dask tasks) to be retired."""
+    from distributed import get_worker, secede
+
+    address = get_worker().address
+    secede()
+    while (address, run) in _AGENTS:
+        time.sleep(0.5)
+    return address

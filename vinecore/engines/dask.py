@@ -32,6 +32,10 @@ How the TaskVine model lands on dask
       attempt is just dropped) and starts a replacement.
     * lifetime: an agent whose manager's comm closes (the manager died) stops its
       library processes at once; a silent one after 10 s.
+    * adaptive scaling: attempts are not dask tasks, so to dask a busy worker
+      looks idle. One long-running (seceded) dask task per worker in use
+      (:func:`~vinecore.engines._dask_pool.hold`) keeps ``Cluster.adapt()`` from
+      retiring it while the run lasts.
 """
 
 from __future__ import annotations
@@ -179,6 +183,7 @@ class DaskEngine:
         self._fetches: dict[Hashable, Any] = {}
         self._libraries: dict[str, bytes] = {}
         self._reconnects: dict[str, int] = {}
+        self._holds: dict[str, Any] = {}  # dask address -> future of its hold() task
         self._pending: list[Event] = []
         self._inbox: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
         self._links = None  # _Links, on the client's event loop
@@ -268,11 +273,25 @@ class DaskEngine:
         for name, payload in self._libraries.items():
             self._send(addr, ("lib", name, _wrap(payload)))
         self._order.append(addr)
+        self._hold(addr)
         backlog, self._backlog = self._backlog, []
         self._act(backlog + self._lineage.joined(addr))
 
+    def _hold(self, addr: str) -> None:
+        """One long-running dask task per worker in use: adaptive scaling leaves busy workers alone."""
+        from ._dask_pool import hold
+
+        try:
+            self._holds[addr] = self.client.submit(hold, self.run, key=f"vinecore-hold-{self.run}-{addr}",
+                                                   workers=[addr], allow_other_workers=False, pure=False)
+        except Exception:  # noqa: BLE001 - the client is closing; nothing to protect any more
+            pass
+
     def _worker_lost(self, addr: str, why: str) -> None:
         w = self._workers.pop(addr, None)
+        fut = self._holds.pop(addr, None)
+        if fut is not None:
+            fut.release()
         if w is None:
             return
         self._links.disconnect(addr, w.gen)
@@ -570,6 +589,10 @@ class DaskEngine:
 
         return self.client.run(agent_stats, self.run)
 
+    def routes(self) -> dict[str, str]:
+        """How the manager reaches each worker's agent: ``"direct"`` (a comm of its own) or ``"scheduler"``."""
+        return {addr: ("scheduler" if link.relayed else "direct") for addr, link in list(self._links.links.items())}
+
     def lineage_sizes(self) -> dict[str, int]:
         return self._lineage.sizes()
 
@@ -590,6 +613,9 @@ class DaskEngine:
 
                 unsubscribe_membership(self.client, self._links.on_scheduler_event)
                 self._links.close()
+            holds, self._holds = list(self._holds.values()), {}
+            for fut in holds:
+                fut.release()
             if self._plugin is not None:
                 try:  # teardown() on every worker ends the run's agent if its comm has not already
                     self.client.unregister_worker_plugin(self._plugin)
