@@ -18,7 +18,7 @@ from distributed import Client
 
 from tests._helpers import assert_same, generate
 from tests.conftest import ANALYSES, DATASETS
-from vinecore.engines._dask_pool import held_temps
+from vinecore.engines._dask_plugin import held_temps
 from vinecore.testing import DaskProcesses
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

@@ -34,7 +34,7 @@ import time
 import weakref
 from typing import Any, Callable
 
-__all__ = ["Links", "subscribe_membership", "unsubscribe_membership"]
+__all__ = ["Links", "open_client", "subscribe_membership", "unsubscribe_membership"]
 
 _PING = 2.0
 _CONNECT_DEADLINE = 30.0
@@ -350,3 +350,31 @@ def unsubscribe_membership(client: Any, listener: Callable[[Any], None]) -> None
                 client.unsubscribe_topic("all")
             except Exception:  # noqa: BLE001 - the client may be closing
                 pass
+
+
+# ---------------------------------------------------------------------- clients
+def open_client(scheduler: str | None, scheduler_file: str | None, security: Any, n_workers: int | None,
+                cluster_options: dict[str, Any]) -> tuple[Any, Any]:
+    """``(client, cluster)``: a client of that scheduler, or of a ``LocalCluster`` started here (no address)."""
+    from ..exceptions import EngineError
+
+    try:
+        import distributed
+    except ImportError as exc:  # pragma: no cover - distributed is a dependency of ddr
+        raise EngineError("the dask engine needs dask.distributed: pip install distributed") from exc
+    if not (scheduler or scheduler_file):
+        opts = {"n_workers": n_workers or 2, "threads_per_worker": 1, "processes": True,
+                "dashboard_address": None, "host": "127.0.0.1"}
+        opts.update(cluster_options)
+        cluster = distributed.LocalCluster(**opts)
+        return distributed.Client(cluster), cluster
+    try:
+        return distributed.Client(scheduler, scheduler_file=scheduler_file, security=security, timeout="30s"), None
+    except Exception as exc:  # noqa: BLE001 - distributed raises several kinds here
+        where = scheduler or f"the scheduler in {scheduler_file}"
+        hint = "Check the address and that the scheduler is running (`dask scheduler`)."
+        if "TLS" in str(exc) or str(scheduler or "").startswith("tls://"):
+            hint = ("A tls:// scheduler needs certificates: ddr run --tls-ca-file CA.pem --tls-cert CERT.pem "
+                    "--tls-key KEY.pem, or security=distributed.security.Security(...) in Python.")
+        raise EngineError(f"could not connect to the dask scheduler at {where}: {type(exc).__name__}: {exc}. "
+                          f"{hint}") from exc

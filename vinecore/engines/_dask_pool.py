@@ -2,25 +2,19 @@
 
 A dask worker runs tasks in threads, and when one of them outgrows the worker's
 memory the nanny restarts the whole worker with everything it holds. So
-vinecore never runs a task in the dask worker. :class:`AgentPlugin` (a dask
-``WorkerPlugin``, on every current and future worker) adds two handlers to the
-worker's server, the way dask's own shuffle extension does:
-
-``vinecore_agent``
-    the manager opens one dask comm per worker and keeps it: the run's
-    :class:`Agent` starts its library processes (:mod:`._dask_library`, one per
-    slot) and from then on reads batches of instructions from the comm and
-    writes batches of reports back. Nothing goes through the scheduler.
-``vinecore_temp``
-    hands out a temp's bytes, to another agent (worker to worker, over dask's
-    comms) or to the manager.
+vinecore never runs a task in the dask worker. The run's :class:`Agent` (made
+by the handlers of :mod:`._dask_plugin` when the manager first calls) holds
+library processes (:mod:`._dask_library`, one per slot) and the temps they
+produced, reads batches of instructions from the manager and answers with
+batches of reports. Nothing goes through the scheduler unless the manager
+cannot reach the worker (then the scheduler relays the same batches).
 
 Policies
     * queue: each library process has a queue; the manager sends attempts ahead
       (several per process), so a process starts its next attempt the moment
       the previous one ends, without a round trip to the manager. Inputs held
-      on other workers are fetched while the attempt waits in the queue.
-      Recomputations of lost temps go to the front.
+      on other workers are fetched, worker to worker over dask comms, while the
+      attempt waits in the queue. Recomputations of lost temps go to the front.
     * temps: kept in the agent's memory; past ``spill_mb`` the oldest are
       written to the worker's local directory.
     * enforcement: the library process limits address space and time itself;
@@ -46,14 +40,12 @@ import sys
 import time
 from typing import Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
 from .. import _serialize
 from .._events import Result
 from .._runtime import Outcome
 from ._dask_library import frame, read_frame_async
 
-__all__ = ["AgentPlugin", "Agent", "agent_stats", "held_temps", "hold", "wrap", "call"]
+__all__ = ["Agent", "AGENTS", "wrap", "call"]
 
 _SILENCE = 10.0  # seconds without a word from the manager before the agent gives up
 _GRACE = 2.0  # seconds past time_max before the agent kills
@@ -62,7 +54,7 @@ _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 _BIG = 64 * 1024
 _CONNECT = 5.0  # seconds to open a comm to another worker (dask's default retries a dead address for 30 s)
 
-_AGENTS: dict[tuple[str, str], "Agent"] = {}  # (worker address, run) -> agent
+AGENTS: dict[tuple[str, str], "Agent"] = {}  # (worker address, run) -> agent, in this worker process
 
 
 def wrap(data: bytes) -> Any:
@@ -500,7 +492,7 @@ class Agent:
         if self.closed and not self.procs:
             return
         self.closed = True
-        _AGENTS.pop((self.worker.address, self.run), None)
+        AGENTS.pop((self.worker.address, self.run), None)
         procs, self.procs = self.procs, []
         for proc in procs:
             proc.alive = False
@@ -560,101 +552,3 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-# ------------------------------------------------------------------- handlers
-class _Host:
-    """The handlers added to one dask worker's server; they find the run's agent."""
-
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-
-    async def agent(self, comm: Any, run: str, processes: int | None = None, spill_mb: int = 1024,
-                    cores: int | None = None) -> Any:
-        from distributed.core import Status
-
-        nthreads = max(1, int(getattr(self.worker.state, "nthreads", 1) or 1))
-        n = processes or nthreads
-        old = _AGENTS.pop((self.worker.address, run), None)
-        if old is not None:  # the manager reconnected: the old stream's work is written off
-            await old.close()
-        agent = _AGENTS[(self.worker.address, run)] = Agent(self.worker, run, comm, n,
-                                                            cores or max(1, nthreads // n), spill_mb)
-        await agent.serve()
-        return Status.dont_reply
-
-    async def relay(self, run: str, batch: list, wait: float = 0.0, processes: int | None = None,
-                    spill_mb: int = 1024, cores: int | None = None) -> Any:
-        """The same conversation as :meth:`agent`, one call at a time, for a manager that reaches this
-        worker only through the scheduler (``Scheduler.proxy``, as dask's own actors and gathers do)."""
-        key = (self.worker.address, run)
-        agent = _AGENTS.get(key)
-        if agent is None or agent.closed:
-            if batch and batch[0][0] != "open":
-                return [("gone", f"run {run} has no agent on {self.worker.address}")]
-            nthreads = max(1, int(getattr(self.worker.state, "nthreads", 1) or 1))
-            n = processes or nthreads
-            agent = _AGENTS[key] = Agent(self.worker, run, None, n, cores or max(1, nthreads // n), spill_mb)
-            agent.start_relayed()
-        return await agent.relay([m for m in batch if m[0] != "open"], wait)
-
-    async def temp(self, run: str, name: str) -> dict:
-        agent = _AGENTS.get((self.worker.address, run))
-        if agent is None:
-            return {"missing": f"run {run} has no agent on {self.worker.address}"}
-        data = agent.temps.get(name)
-        if data is None:
-            return {"missing": f"{name} is not held on {self.worker.address}"}
-        return {"data": wrap(data)}
-
-
-class AgentPlugin(WorkerPlugin):
-    """Registered once per run: gives every worker the agent handlers; its removal ends the run's agent."""
-
-    def __init__(self, run: str) -> None:
-        self.run = run
-
-    def setup(self, worker: Any) -> None:
-        current = worker.handlers.get("vinecore_agent")
-        if not isinstance(getattr(current, "__self__", None), _Host):
-            host = _Host(worker)
-            worker.handlers["vinecore_agent"] = host.agent
-            worker.handlers["vinecore_temp"] = host.temp
-            worker.handlers["vinecore_relay"] = host.relay
-
-    async def teardown(self, worker: Any) -> None:
-        agent = _AGENTS.pop((worker.address, self.run), None)
-        if agent is not None:
-            await agent.close()
-
-
-def agent_stats(run: str, dask_worker: Any = None) -> dict[str, Any]:
-    """Pids of this worker's library processes for ``run`` and what it holds (tests, diagnostics)."""
-    agent = _AGENTS.get((dask_worker.address, run)) if dask_worker is not None else None
-    if agent is None:
-        return {"worker_pid": os.getpid(), "processes": {}, "temps": 0}
-    return {"worker_pid": os.getpid(),
-            "processes": {p.wid: p.popen.pid for p in agent.procs if p.popen is not None and p.alive},
-            "temps": len(agent.temps.mem) + len(agent.temps.disk), "temp_bytes": agent.temps.nbytes,
-            "spilled": len(agent.temps.disk)}
-
-
-def held_temps(dask_worker: Any = None) -> int:
-    """How many temps the vinecore agents of every run hold on this worker (for tests: ``Client.run``)."""
-    return sum(len(a.temps.mem) + len(a.temps.disk) for (addr, _), a in list(_AGENTS.items())
-               if dask_worker is None or addr == dask_worker.address)
-
-
-def hold(run: str) -> str:
-    """A dask task that lasts as long as the run's agent on its worker (submitted once per worker).
-
-    It secedes from the worker's thread pool, so it takes no thread from dask's own tasks, and a
-    worker with a long-running task is never picked by adaptive scaling (``Cluster.adapt``, which
-    would otherwise see an idle worker: vinecore's attempts are not dask tasks) to be retired."""
-    from distributed import get_worker, secede
-
-    address = get_worker().address
-    secede()
-    while (address, run) in _AGENTS:
-        time.sleep(0.5)
-    return address

@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-__all__ = ["Lineage", "Recompute", "Copy", "Drop", "Start", "Fail"]
+__all__ = ["Lineage", "Recompute", "Copy", "Drop", "Start", "Fail", "temp_inputs", "temp_outputs"]
 
 _RECOMPUTE_TRIES = 5
 
@@ -107,6 +107,17 @@ class _Temp:
         self.pins = 0  # consumers that need its data
         self.refs = 0  # live recipes that read it
         self.lost: str | None = None  # why it can never be had again
+
+
+def temp_inputs(spec: Any) -> tuple[str, ...]:
+    """The temps a :class:`~vinecore._runtime.TaskSpec` reads (as arguments or sandbox files)."""
+    return tuple(dict.fromkeys((*spec.arg_temps, *(c for kind, c, _, _ in spec.inputs if kind == "temp"))))
+
+
+def temp_outputs(spec: Any) -> tuple[str, ...]:
+    """The temps it writes (its return value kept on the worker, and sandbox files)."""
+    names = [spec.output_temp] if spec.output_temp else []
+    return tuple(names + [c for kind, c, _, _ in spec.outputs if kind == "temp"])
 
 
 def _rkey(rid: int) -> tuple[str, int]:

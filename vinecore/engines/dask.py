@@ -26,16 +26,16 @@ How the TaskVine model lands on dask
       are recomputed from their producers' specs on other workers, invisibly
       to the manager. Temps made from other temps are copied to a second worker
       (``temp_replicas``) so lineage stays as small as the live temps.
-    * membership: the scheduler's ``add-worker`` / ``remove-worker`` events,
-      subscribed once; a comm that breaks also ends its worker for this run.
+    * membership: the scheduler's ``add-worker`` / ``remove-worker`` events; a
+      comm that breaks also ends its worker for this run.
     * cancel: the agent kills the library process running the attempt (a queued
-      attempt is just dropped) and starts a replacement.
-    * lifetime: an agent whose manager's comm closes (the manager died) stops its
-      library processes at once; a silent one after 10 s.
-    * adaptive scaling: attempts are not dask tasks, so to dask a busy worker
-      looks idle. One long-running (seceded) dask task per worker in use
-      (:func:`~vinecore.engines._dask_pool.hold`) keeps ``Cluster.adapt()`` from
-      retiring it while the run lasts.
+      one is dropped) and starts a replacement.
+    * lifetime: an agent whose manager's comm closes stops its library processes
+      at once; a silent one after 10 s.
+    * adaptive scaling: to dask a worker running only vinecore attempts looks
+      idle; one long-running dask task per worker in use
+      (:func:`~vinecore.engines._dask_plugin.hold`) keeps ``Cluster.adapt()``
+      from retiring it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from .._events import Event, Result, TaskFinished, WorkerJoined, WorkerRemoved
 from .._runtime import Outcome, TaskSpec
 from .. import _serialize
 from ..exceptions import EngineError
-from ._lineage import Copy, Drop, Fail, Lineage, Recompute, Start
+from ._dask_pool import wrap
+from ._lineage import Copy, Drop, Fail, Lineage, Recompute, Start, temp_inputs, temp_outputs
 
 __all__ = ["DaskEngine"]
 
@@ -62,14 +63,6 @@ _CONNECT_TIMEOUT = 30.0  # seconds to reach a new worker's agent handler
 _MISSING_RETRY = 0.5  # seconds before an attempt whose input was unreachable asks again
 _MISSING_TRIES = 40
 _FETCH_TIMEOUT = 300.0
-
-
-def _import_distributed():
-    try:
-        import distributed
-    except ImportError as exc:  # pragma: no cover - distributed is a dependency of ddr
-        raise EngineError("the dask engine needs dask.distributed: pip install distributed") from exc
-    return distributed
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +94,6 @@ class _Worker:
     up: bool = False
     ids: list[str] = field(default_factory=list)
     load: list[int] = field(default_factory=list)  # attempts sent and not answered, per library process
-
-
-def _temp_inputs(spec: TaskSpec) -> tuple[str, ...]:
-    return tuple(dict.fromkeys((*spec.arg_temps, *(c for kind, c, _, _ in spec.inputs if kind == "temp"))))
-
-
-def _temp_outputs(spec: TaskSpec) -> tuple[str, ...]:
-    names = [spec.output_temp] if spec.output_temp else []
-    return tuple(names + [c for kind, c, _, _ in spec.outputs if kind == "temp"])
 
 
 class DaskEngine:
@@ -191,29 +175,13 @@ class DaskEngine:
 
     # -------------------------------------------------------------- workers
     def start(self) -> list[Event]:
-        distributed = _import_distributed()
         if self.client is None:
-            if self.scheduler or self.scheduler_file:
-                try:
-                    self.client = distributed.Client(self.scheduler, scheduler_file=self.scheduler_file,
-                                                     security=self.security, timeout="30s")
-                except Exception as exc:  # noqa: BLE001 - distributed raises several kinds here
-                    where = self.scheduler or f"the scheduler in {self.scheduler_file}"
-                    hint = ("Check the address and that the scheduler is running (`dask scheduler`).")
-                    if "TLS" in str(exc) or str(self.scheduler or "").startswith("tls://"):
-                        hint = ("A tls:// scheduler needs certificates: ddr run --tls-ca-file CA.pem --tls-cert "
-                                "CERT.pem --tls-key KEY.pem, or security=distributed.security.Security(...) "
-                                "in Python.")
-                    raise EngineError(f"could not connect to the dask scheduler at {where}: "
-                                      f"{type(exc).__name__}: {exc}. {hint}") from exc
-            else:
-                opts = {"n_workers": self.n_workers or 2, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None, "host": "127.0.0.1"}
-                opts.update(self.cluster_options)
-                self._cluster = distributed.LocalCluster(**opts)
-                self.client = distributed.Client(self._cluster)
+            from ._dask_links import open_client
+
+            self.client, self._cluster = open_client(self.scheduler, self.scheduler_file, self.security,
+                                                     self.n_workers, self.cluster_options)
         from ._dask_links import Links, subscribe_membership
-        from ._dask_pool import AgentPlugin
+        from ._dask_plugin import AgentPlugin
 
         self._plugin = f"vinecore-{self.run}"
         self.client.register_plugin(AgentPlugin(self.run), name=self._plugin)
@@ -271,7 +239,7 @@ class DaskEngine:
                 self._pending.append(WorkerJoined(wid, cores=max(1, cores // n),
                                                   memory=int(mem) // n if mem else None, slots=1))
         for name, payload in self._libraries.items():
-            self._send(addr, ("lib", name, _wrap(payload)))
+            self._send(addr, ("lib", name, wrap(payload)))
         self._order.append(addr)
         self._hold(addr)
         backlog, self._backlog = self._backlog, []
@@ -279,7 +247,7 @@ class DaskEngine:
 
     def _hold(self, addr: str) -> None:
         """One long-running dask task per worker in use: adaptive scaling leaves busy workers alone."""
-        from ._dask_pool import hold
+        from ._dask_plugin import hold
 
         try:
             self._holds[addr] = self.client.submit(hold, self.run, key=f"vinecore-hold-{self.run}-{addr}",
@@ -322,7 +290,7 @@ class DaskEngine:
         self._libraries[name] = payload
         for addr, w in self._workers.items():
             if w.up:
-                self._send(addr, ("lib", name, _wrap(payload)))
+                self._send(addr, ("lib", name, wrap(payload)))
 
     def remove_library(self, name: str) -> None:
         if self._libraries.pop(name, None) is None:
@@ -337,7 +305,7 @@ class DaskEngine:
             self._fail_now(spec, worker_id, Result.WORKER_LOST, f"dask worker of {worker_id} is gone")
             return
         key = next(self._keys)
-        run = _Run("task", key, where[0], where[1], worker_id, spec, names=_temp_inputs(spec))
+        run = _Run("task", key, where[0], where[1], worker_id, spec, names=temp_inputs(spec))
         self._runs[key] = run
         self._task_keys[spec.task_id] = key
         if run.names:
@@ -355,7 +323,7 @@ class DaskEngine:
         if w is not None:
             w.load[run.proc] += 1
         self._send(run.addr, ("run", {"key": run.key, "tid": r.tid, "proc": run.proc, "front": run.kind != "task",
-                                      "spec": _wrap(r.blob), "inputs": inputs, "memory": r.memory,
+                                      "spec": wrap(r.blob), "inputs": inputs, "memory": r.memory,
                                       "time_max": r.time_max}))
 
     def _act(self, actions: list) -> None:
@@ -417,9 +385,9 @@ class DaskEngine:
         return None
 
     def _fail_now(self, spec: TaskSpec, worker_id: str, result: Result, why: str) -> None:
-        exc = RuntimeError(why)
-        outcome = Outcome(spec.task_id, result, _serialize.exception_payload(exc), "", 0, 0, 0, 0, worker_id)
-        self._pending.append(TaskFinished(spec.task_id, worker_id, result, outcome))
+        payload = _serialize.exception_payload(RuntimeError(why))
+        self._pending.append(TaskFinished(spec.task_id, worker_id, result,
+                                          Outcome(spec.task_id, result, payload, "", 0, 0, 0, 0, worker_id)))
 
     def kill(self, task_id: int, worker_id: str) -> None:
         key = self._task_keys.pop(task_id, None)
@@ -514,7 +482,7 @@ class DaskEngine:
         spec = run.spec
         self._task_keys.pop(spec.task_id, None)
         if outcome.result is Result.SUCCESS and held:
-            self._act(self._lineage.produced(_temp_outputs(spec), addr, run.recipe, run.names))
+            self._act(self._lineage.produced(temp_outputs(spec), addr, run.recipe, run.names))
         if run.names:
             self._act(self._lineage.consumed(key))
         self._pending.append(TaskFinished(spec.task_id, run.wid, outcome.result, outcome,
@@ -585,16 +553,13 @@ class DaskEngine:
 
     def agent_stats(self) -> dict[str, Any]:
         """Per dask worker: its pid, its library processes' pids, the temps its agent holds."""
-        from ._dask_pool import agent_stats
+        from ._dask_plugin import agent_stats
 
         return self.client.run(agent_stats, self.run)
 
     def routes(self) -> dict[str, str]:
         """How the manager reaches each worker's agent: ``"direct"`` (a comm of its own) or ``"scheduler"``."""
         return {addr: ("scheduler" if link.relayed else "direct") for addr, link in list(self._links.links.items())}
-
-    def lineage_sizes(self) -> dict[str, int]:
-        return self._lineage.sizes()
 
     def _send(self, addr: str, msg: tuple) -> None:
         w = self._workers.get(addr)
@@ -626,12 +591,6 @@ class DaskEngine:
                 self.client.close()
                 if self._cluster is not None:
                     self._cluster.close()
-
-
-def _wrap(data: bytes) -> Any:
-    from ._dask_pool import wrap
-
-    return wrap(data)
 
 
 def _describe(outcome: Outcome) -> str:

@@ -58,7 +58,7 @@ from .. import _runtime, _serialize
 from .._events import Event, Result, TaskFinished, WorkerJoined, WorkerRemoved
 from .._runtime import Outcome, TaskSpec, WorkerRuntime
 from ._dask_library import TaskStore
-from ._lineage import Copy, Drop, Fail, Lineage, Recompute, Start
+from ._lineage import Copy, Drop, Fail, Lineage, Recompute, Start, temp_inputs, temp_outputs
 from ._sim_model import Durations, LogHistogram
 
 __all__ = ["SimEngine", "Durations"]
@@ -78,13 +78,6 @@ class _Attempt:
     finish: float = 0.0
 
 
-def _temp_inputs(spec: TaskSpec) -> tuple[str, ...]:
-    return tuple(dict.fromkeys((*spec.arg_temps, *(c for kind, c, _, _ in spec.inputs if kind == "temp"))))
-
-
-def _temp_outputs(spec: TaskSpec) -> tuple[str, ...]:
-    names = [spec.output_temp] if spec.output_temp else []
-    return tuple(names + [c for kind, c, _, _ in spec.outputs if kind == "temp"])
 
 
 class SimEngine:
@@ -202,7 +195,7 @@ class SimEngine:
             arrive = self.now + self.latency
             self.dispatch_latency.add(max(0.0, arrive - self._free_at.get(worker_id, arrive)))
             key = next(self._keys)
-            att = _Attempt(key, worker_id, spec, _temp_inputs(spec))
+            att = _Attempt(key, worker_id, spec, temp_inputs(spec))
             self._attempts[key] = att
             self._task_keys[spec.task_id] = key
             self._busy[worker_id] = key
@@ -361,9 +354,9 @@ class SimEngine:
         self._free_at[att.wid] = att.finish
         self.completed[spec.category] += 1
         held = None
-        if outcome.result is Result.SUCCESS and _temp_outputs(spec):
+        if outcome.result is Result.SUCCESS and temp_outputs(spec):
             held = att.wid
-            self._act(self._lineage.produced(_temp_outputs(spec), att.wid, spec, att.inputs))
+            self._act(self._lineage.produced(temp_outputs(spec), att.wid, spec, att.inputs))
         if att.inputs:
             self._act(self._lineage.consumed(key))
         self._pending.append(TaskFinished(spec.task_id, att.wid, outcome.result, outcome, held_on=held))
