@@ -3,7 +3,8 @@
     python tests/benchmarks/bench_dask_engine.py [--workers 2 8] [--calls 3000] [--repeats 3]
 
 For each worker count a real ``dask scheduler`` and that many single-thread
-``dask worker`` processes are started on 127.0.0.1 (``vinecore.testing.DaskProcesses``).
+``dask worker`` processes (no nanny) are started on 127.0.0.1
+(``vinecore.testing.DaskProcesses``).
 Then, alternating on the same cluster and the same ``distributed.Client``:
 
 * dask: ``Client.submit(noop, i, pure=False)`` with ``as_completed``, keeping
@@ -12,8 +13,10 @@ Then, alternating on the same cluster and the same ``distributed.Client``:
   ``vinecore.Manager(engine=client)``, keeping ``Manager.hungry()`` calls
   submitted (what ddr does), which is the same ``in_flight``.
 
-Prints JSON: each repetition's calls/s, the medians, vinecore's share of dask's
-rate (target >= 90 %), and the load average before and after.
+dask also runs with ``--wide`` (16) times as many calls in flight, which suits
+its scheduler better; vinecore's share is taken against the better of the two
+dask rates. Prints JSON: each repetition's calls/s, the medians, vinecore's
+share of dask's rate (target >= 90 %), and the load average before and after.
 """
 
 from __future__ import annotations
@@ -68,29 +71,35 @@ def vinecore_rate(m: vinecore.Manager, calls: int) -> float:
     return calls / (time.perf_counter() - t0)
 
 
-def measure(n_workers: int, calls: int, repeats: int) -> dict:
+def measure(n_workers: int, calls: int, repeats: int, wide: int) -> dict:
     from distributed import Client
 
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
-        with DaskProcesses(workers=n_workers, directory=tmp) as cluster, Client(cluster.address) as client:
-            client.wait_for_workers(n_workers, timeout=120)
+        # no nanny: half the processes to start on a busy machine; the per-call path is the same
+        with DaskProcesses(workers=n_workers, directory=tmp, nanny=False, timeout=600) as cluster, \
+                Client(cluster.address) as client:
+            client.wait_for_workers(n_workers, timeout=600)
             with vinecore.Manager(engine=client, workers=n_workers, run_dir=os.path.join(tmp, "run")) as m:
                 m.install_library(m.create_library_from_functions("bench", noop))
                 in_flight = m.hungry()
                 vinecore_rate(m, 200)  # warm: library processes up, library installed
                 dask_rate(client, 200, in_flight)
-                dask_rates, vine_rates = [], []
+                dask_rates, wide_rates, vine_rates = [], [], []
                 for _ in range(repeats):
                     dask_rates.append(round(dask_rate(client, calls, in_flight), 1))
+                    wide_rates.append(round(dask_rate(client, calls, wide * in_flight), 1))
                     vine_rates.append(round(vinecore_rate(m, calls), 1))
                 stats = m.statistics()
-    d, v = statistics.median(dask_rates), statistics.median(vine_rates)
+    d, dw, v = statistics.median(dask_rates), statistics.median(wide_rates), statistics.median(vine_rates)
+    best = [max(a, b) for a, b in zip(dask_rates, wide_rates)]
     return {"dask_workers": n_workers, "threads_per_worker": 1, "vinecore_workers": stats.workers,
-            "in_flight": in_flight, "calls_per_repeat": calls,
-            "dask_calls_per_second": dask_rates, "vinecore_calls_per_second": vine_rates,
-            "dask_median": d, "vinecore_median": v, "vinecore_share_of_dask": round(v / d, 3),
-            "per_repeat_share": [round(a / b, 3) for a, b in zip(vine_rates, dask_rates)],
+            "in_flight": in_flight, "dask_wide_in_flight": wide * in_flight, "calls_per_repeat": calls,
+            "dask_calls_per_second": dask_rates, "dask_wide_calls_per_second": wide_rates,
+            "vinecore_calls_per_second": vine_rates,
+            "dask_median": d, "dask_wide_median": dw, "vinecore_median": v,
+            "vinecore_share_of_dask": round(v / max(d, dw), 3),
+            "per_repeat_share": [round(a / b, 3) for a, b in zip(vine_rates, best)],
             "load_average_before": [round(x, 2) for x in load0],
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
@@ -100,8 +109,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 8])
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--wide", type=int, default=16, help="dask also runs with this many times more in flight")
     args = ap.parse_args()
-    runs = [measure(n, args.calls, args.repeats) for n in args.workers]
+    runs = [measure(n, args.calls, args.repeats, args.wide) for n in args.workers]
     emit("dask-engine-vs-dask", {"runs": runs, "target": {"vinecore_share_of_dask": ">= 0.9"}})
 
 

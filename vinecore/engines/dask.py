@@ -58,8 +58,6 @@ from ._lineage import Copy, Drop, Fail, Lineage, Recompute, Start, temp_inputs, 
 
 __all__ = ["DaskEngine"]
 
-_PING = 2.0  # seconds of quiet before the manager pings an agent
-_CONNECT_TIMEOUT = 30.0  # seconds to reach a new worker's agent handler
 _MISSING_RETRY = 0.5  # seconds before an attempt whose input was unreachable asks again
 _MISSING_TRIES = 40
 _FETCH_TIMEOUT = 300.0
@@ -116,8 +114,7 @@ class DaskEngine:
     queue_depth:
         attempts kept queued per library process (default 2).
     temp_replicas:
-        copies kept of temps made from other temps (default 2; 1 keeps their
-        whole lineage instead).
+        copies kept of temps made from temps (default 2; 1 keeps lineage instead).
     spill_mb:
         temps an agent keeps in memory before spilling the oldest to disk.
     cluster_options:
@@ -131,12 +128,10 @@ class DaskEngine:
                  processes_per_worker: int | None = None, wait_for_workers: float = 60.0,
                  cluster_options: dict[str, Any] | None = None, cores_per_worker: int | None = None,
                  queue_depth: int = 2, temp_replicas: int = 2, spill_mb: int = 1024) -> None:
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
-        if processes_per_worker is not None and processes_per_worker < 1:
-            raise ValueError(f"processes_per_worker must be at least 1, got {processes_per_worker}")
-        if queue_depth < 1:
-            raise ValueError(f"queue_depth must be at least 1, got {queue_depth}")
+        for what, n in (("workers", workers), ("processes_per_worker", processes_per_worker),
+                        ("queue_depth", queue_depth), ("temp_replicas", temp_replicas)):
+            if n is not None and n < 1:
+                raise ValueError(f"{what} must be at least 1, got {n}")
         self.n_workers = workers
         self.run_dir = run_dir
         self.run = uuid.uuid4().hex[:12]
@@ -175,6 +170,13 @@ class DaskEngine:
 
     # -------------------------------------------------------------- workers
     def start(self) -> list[Event]:
+        try:
+            return self._start_up()
+        except BaseException:
+            self.close()  # the plugin, the comms and a client or cluster of our own
+            raise
+
+    def _start_up(self) -> list[Event]:
         if self.client is None:
             from ._dask_links import open_client
 
@@ -329,17 +331,13 @@ class DaskEngine:
     def _act(self, actions: list) -> None:
         drops: dict[str, list[str]] = {}
         for a in actions:
-            if isinstance(a, Start):
-                if isinstance(a.key, tuple):  # a fetch by the manager
-                    self._fetches[a.key] = a.inputs
-                    continue
+            if isinstance(a, (Start, Fail)) and isinstance(a.key, tuple):  # a fetch by the manager
+                self._fetches[a.key] = a.inputs if isinstance(a, Start) else a.why
+            elif isinstance(a, Start):
                 run = self._runs.get(a.key)
                 if run is not None:
                     self._start(run, a.inputs)
             elif isinstance(a, Fail):
-                if isinstance(a.key, tuple):
-                    self._fetches[a.key] = a.why
-                    continue
                 run = self._runs.pop(a.key, None)
                 if run is not None and run.kind == "task":
                     self._task_keys.pop(run.spec.task_id, None)
@@ -450,12 +448,11 @@ class DaskEngine:
             addr, gen, why = item[1], item[2], item[3]
             w = self._workers.get(addr)
             if w is not None and w.gen == gen:
-                self._worker_lost(addr, why)
-                if addr in self._members and self._reconnects.get(addr, 0) < 3:
+                if self._reconnects.get(addr, 0) < 3:  # still a member: reconnect as a new generation
                     self._reconnects[addr] = self._reconnects.get(addr, 0) + 1
-                    self._connect_more()
                 else:
                     self._members.discard(addr)
+                self._worker_lost(addr, why)
         elif kind == "member+":
             self._members.add(item[1])
             self._connect_more()
@@ -528,6 +525,8 @@ class DaskEngine:
                 got = self._fetches.get(key)
                 if isinstance(got, str):
                     raise KeyError(got)
+                if time.monotonic() > deadline:
+                    raise KeyError(f"{cache_name} could not be fetched within {_FETCH_TIMEOUT:.0f} s")
                 if got is not None:
                     for holder in got[cache_name]:
                         data = self._links.get_temp(holder, cache_name)
@@ -537,8 +536,6 @@ class DaskEngine:
                     self._drain(_MISSING_RETRY)
                     self._act(self._lineage.consume(key, (cache_name,)))
                     continue
-                if time.monotonic() > deadline:
-                    raise KeyError(f"{cache_name} could not be fetched within {_FETCH_TIMEOUT:.0f} s")
                 self._drain(0.1)
         finally:
             self._fetches.pop(key, None)
@@ -549,7 +546,7 @@ class DaskEngine:
 
     def worker_pids(self) -> dict[str, int]:
         """Pid of each dask worker process in use (not of its library processes)."""
-        return {addr: pid for addr, pid in self.client.run(os.getpid).items() if addr in self._workers}
+        return {a: pid for a, pid in self.client.run(os.getpid).items() if a in self._workers}
 
     def agent_stats(self) -> dict[str, Any]:
         """Per dask worker: its pid, its library processes' pids, the temps its agent holds."""
@@ -558,8 +555,8 @@ class DaskEngine:
         return self.client.run(agent_stats, self.run)
 
     def routes(self) -> dict[str, str]:
-        """How the manager reaches each worker's agent: ``"direct"`` (a comm of its own) or ``"scheduler"``."""
-        return {addr: ("scheduler" if link.relayed else "direct") for addr, link in list(self._links.links.items())}
+        """How the manager reaches each agent: ``"direct"`` (a comm of its own) or ``"scheduler"``."""
+        return {a: ("scheduler" if link.relayed else "direct") for a, link in list(self._links.links.items())}
 
     def _send(self, addr: str, msg: tuple) -> None:
         w = self._workers.get(addr)
@@ -596,5 +593,5 @@ class DaskEngine:
 def _describe(outcome: Outcome) -> str:
     try:
         return str(_serialize.loads(outcome.output)) if outcome.output else ""
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an exception type unknown here
         return "(undecodable error)"
