@@ -286,6 +286,10 @@ class Driver:
         if outcome is Outcome.SETUP:
             return _setup_error(err, self.m.run_dir)
         if sub.kind is Kind.ACCUMULATE:
+            if isinstance(err, vinecore.TempLostError):
+                return DDRError(f"dataset {sub.dataset!r}: a partial result was lost with every worker that held "
+                                f"a copy of it ({err}); the events it covered are missing from this run. Run it "
+                                "again (with --resume if checkpoints were on) to redo them")
             if outcome is Outcome.ERROR:
                 return ReducerError(str(err), sub.dataset, getattr(err, "remote_traceback", ""))
             return DDRError(f"dataset {sub.dataset!r}: merging {len(sub.inputs)} partial results ended with "

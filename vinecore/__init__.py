@@ -29,6 +29,7 @@ from .exceptions import (
     FileFetchError,
     ManagerClosedError,
     TaskSubmissionError,
+    TempLostError,
     UnsatisfiableTaskError,
     VinecoreError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "Task",
     "TaskState",
     "TaskSubmissionError",
+    "TempLostError",
     "UnsatisfiableTaskError",
     "VinecoreError",
     "associative",

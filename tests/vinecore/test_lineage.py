@@ -45,8 +45,28 @@ def test_derived_temps_are_copied_and_then_need_no_lineage():
     assert lin.copied("a", "C") == []
     assert lin.holders("a") == ("A", "C")
     assert lin.sizes() == {"temps": 1, "recipes": 0, "consumers": 0}
-    assert lin.worker_lost("A") == []  # the copy on C suffices
+    assert lin.worker_lost("A") == [Copy("a", ("C",))]  # the copy on C serves, and is copied again
     assert lin.consume("final", ("a",)) == [Start("final", {"a": ("C",)})]
+
+
+def test_a_derived_temp_keeps_its_number_of_copies_through_successive_losses():
+    lin = Lineage(replicas=2)
+    lin.produced(("p1",), "A", "spec-p1")
+    lin.consume("acc", ("p1",))
+    lin.produced(("a",), "A", "spec-a", ("p1",))
+    lin.consumed("acc")
+    lin.release("p1")
+    lin.copied("a", "B")
+    assert lin.sizes()["recipes"] == 0
+    assert lin.worker_lost("A") == [Copy("a", ("B",))]
+    assert lin.copy_failed("a") == []  # nowhere to copy to yet
+    assert lin.joined("C") == [Copy("a", ("B",))]
+    assert lin.copied("a", "C") == []
+    assert lin.worker_lost("B") == [Copy("a", ("C",))]  # B's loss costs nothing: C holds it
+    assert lin.consume("final", ("a",)) == [Start("final", {"a": ("C",)})]
+    lin.consumed("final")
+    assert lin.release("a") == [Drop("a", ("C",))]
+    assert lin.worker_lost("C") == []  # released: nothing to keep
 
 
 def test_a_lost_derived_temp_is_rebuilt_from_its_inputs_recipes():

@@ -17,7 +17,8 @@ Recipes
     inputs keeps its recipe while it lives. A temp produced *from* temps is
     copied to ``replicas - 1`` more workers (``Copy``); once the copies are
     confirmed its recipe is dropped, and with it the recipes of its inputs that
-    nothing else needs. So lineage is bounded by the temps alive now, not by
+    nothing else needs. When a holder of such a temp goes, the survivors copy it
+    again, so it keeps ``replicas`` copies while it is wanted. So lineage is bounded by the temps alive now, not by
     the length of the run. With ``replicas=1`` nothing is copied and every
     recipe is kept while something above it lives (dask's own behaviour).
 Loss
@@ -197,8 +198,12 @@ class Lineage:
             if t is None:
                 continue
             t.holders.remove(worker)
-            if not t.holders and (t.wanted or t.pins):
+            if not (t.wanted or t.pins):
+                continue
+            if not t.holders:
                 self._demand(t, out)
+            elif t.recipe is None and len(t.holders) < self.replicas:
+                out.append(Copy(name, tuple(t.holders)))  # its copies are all it has: keep their number
         return out
 
     def joined(self, worker: str) -> list:
@@ -206,7 +211,7 @@ class Lineage:
         out: list = []
         for name in sorted(self._uncopied):
             t = self.temps.get(name)
-            if t is not None and t.recipe is not None and t.holders:
+            if t is not None and t.holders and len(t.holders) < self.replicas and (t.wanted or t.pins):
                 out.append(Copy(name, tuple(t.holders)))
         self._uncopied.clear()
         return out
@@ -226,7 +231,7 @@ class Lineage:
     def copy_failed(self, name: str) -> list:
         """No copy was made (no other worker, or the transfer failed): ask again when a worker joins."""
         t = self.temps.get(name)
-        if t is not None and t.recipe is not None:
+        if t is not None and t.holders and len(t.holders) < self.replicas:
             self._uncopied.add(name)
         return []
 

@@ -52,7 +52,7 @@ from typing import Any, Hashable
 from .._events import Event, Result, TaskFinished, WorkerJoined, WorkerRemoved
 from .._runtime import Outcome, TaskSpec
 from .. import _serialize
-from ..exceptions import EngineError
+from ..exceptions import EngineError, TempLostError
 from ._dask_pool import wrap
 from ._lineage import Copy, Drop, Fail, Lineage, Recompute, Start, temp_inputs, temp_outputs
 
@@ -341,7 +341,7 @@ class DaskEngine:
                 run = self._runs.pop(a.key, None)
                 if run is not None and run.kind == "task":
                     self._task_keys.pop(run.spec.task_id, None)
-                    self._fail_now(run.spec, run.wid, Result.EXCEPTION, a.why)
+                    self._fail_now(run.spec, run.wid, Result.EXCEPTION, a.why, lost=True)
             elif isinstance(a, Recompute):
                 self._recompute(a)
             elif isinstance(a, Copy):
@@ -382,8 +382,8 @@ class DaskEngine:
                 return addr
         return None
 
-    def _fail_now(self, spec: TaskSpec, worker_id: str, result: Result, why: str) -> None:
-        payload = _serialize.exception_payload(RuntimeError(why))
+    def _fail_now(self, spec: TaskSpec, worker_id: str, result: Result, why: str, lost: bool = False) -> None:
+        payload = _serialize.exception_payload(TempLostError(why) if lost else RuntimeError(why))
         self._pending.append(TaskFinished(spec.task_id, worker_id, result,
                                           Outcome(spec.task_id, result, payload, "", 0, 0, 0, 0, worker_id)))
 

@@ -57,6 +57,7 @@ from typing import Any, Hashable
 from .. import _runtime, _serialize
 from .._events import Event, Result, TaskFinished, WorkerJoined, WorkerRemoved
 from .._runtime import Outcome, TaskSpec, WorkerRuntime
+from ..exceptions import TempLostError
 from ._dask_library import TaskStore
 from ._lineage import Copy, Drop, Fail, Lineage, Recompute, Start, temp_inputs, temp_outputs
 from ._sim_model import Durations, LogHistogram
@@ -408,7 +409,7 @@ class SimEngine:
                     self._task_keys.pop(att.spec.task_id, None)
                     self._busy.pop(att.wid, None)
                     self._free_at[att.wid] = self.now
-                    self._report_now(att.spec.task_id, att.wid, Result.EXCEPTION, a.why)
+                    self._report_now(att.spec.task_id, att.wid, Result.EXCEPTION, a.why, lost=True)
             elif isinstance(a, Recompute):
                 wid = self._live[int(self.rng.random() * len(self._live))] if self._live else None
                 if wid is None:
@@ -436,8 +437,8 @@ class SimEngine:
                 return wid
         return next((w for w in self._live if w not in holders), None)
 
-    def _report_now(self, task_id: int, worker_id: str, result: Result, why: str) -> None:
-        exc = RuntimeError(why)
+    def _report_now(self, task_id: int, worker_id: str, result: Result, why: str, lost: bool = False) -> None:
+        exc = TempLostError(why) if lost else RuntimeError(why)
         outcome = Outcome(task_id, result, _serialize.exception_payload(exc), "", 0, 0, 0, 0, worker_id)
         self._pending.append(TaskFinished(task_id, worker_id, result, outcome))
 
