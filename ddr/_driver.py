@@ -41,6 +41,9 @@ from .exceptions import BadInputError, ChunkResourceError, DDRError, ProcessorEr
 
 __all__ = ["Driver", "DatasetProgress", "RunOptions", "pickle_job"]
 
+# task categories, as the transactions log and vinecore's per-category statistics show them
+_CATEGORIES = {Kind.PROCESS: "processing", Kind.COUNT: "count", Kind.ACCUMULATE: "accumulating"}
+
 _OUTCOMES = {
     "resource exhaustion": Outcome.EXHAUSTED,
     "max wall time": Outcome.TIMED_OUT,
@@ -241,7 +244,7 @@ class Driver:
             t.set_cores(1)
         if self.opt.memory and a.kind is not Kind.COUNT:
             t.set_memory(self.opt.memory)
-        t.set_category(a.kind.value)
+        t.set_category(_CATEGORIES[a.kind])
         t.set_priority(a.priority)
         if a.locality is not None:
             t.set_locality(a.locality)
