@@ -108,10 +108,23 @@ def profile(args, workers: int, top: int = 25) -> dict:
 
     engine = _engine(args, workers)
 
+    from ddr._handle import RunHandle
+
     prof = cProfile.Profile(engine.manager_clock)
-    prof.enable()
-    _run(args, engine)
-    prof.disable()
+    main = RunHandle._main
+
+    def profiled_main(self):  # the run's loop is in the handle's thread: profile it there
+        prof.enable()
+        try:
+            main(self)
+        finally:
+            prof.disable()
+
+    RunHandle._main = profiled_main
+    try:
+        _run(args, engine)
+    finally:
+        RunHandle._main = main
     st = pstats.Stats(prof)
     total = sum(tt for (_, _, tt, _, _) in st.stats.values())
     engine_files = ("engines/sim.py", "engines/_lineage.py", "engines/_sim_model.py", "bench_sim_cluster.py")
