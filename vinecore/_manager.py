@@ -305,7 +305,10 @@ class Manager:
             if events:
                 self._apply(self._scheduler.handle(*events))
             elif not getattr(self._engine, "poll_waits", True) or (remaining is not None and remaining <= 0):
-                self._log.flush()
+                if timeout == 0:  # a non-blocking poll: the caller is busy and comes back soon
+                    self._log.flush_if_stale()
+                else:  # idle: the log is complete up to now
+                    self._log.flush()
                 return self._done.popleft() if self._done else None
 
     def wait_for_tag(self, tag: str, timeout: float | None = None) -> Task | None:
@@ -393,11 +396,9 @@ class Manager:
         if a.result is not Result.SUCCESS and task.output is None:
             task.output = _failure(a.result, a.reason or a.result.value)
         m = task.resources_measured
-        self._log.write(task=task.id, category=task.category, state="result", worker=task.worker,
-                        detail=task.result, attempts=task.attempts,
-                        allocated={"cores": task.cores, "memory": task.memory, "time_max": task.time_max},
-                        measured=None if m is None else {"wall_time": round(m.wall_time, 6), "memory": round(m.memory, 3),
-                                                          "peak_rss": round(m.peak_rss, 3), "cpu_time": round(m.cpu_time, 6)})
+        self._log.result(task.id, task.category, task.worker, task.result, task.attempts, task.cores, task.memory,
+                         task.time_max, None if m is None else (round(m.wall_time, 6), round(m.memory, 3),
+                                                                round(m.peak_rss, 3), round(m.cpu_time, 6)))
         self._done.append(task)
 
 
