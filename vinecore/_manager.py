@@ -27,6 +27,7 @@ from ._events import (
     FileForgotten,
     Kill,
     Result,
+    TaskState,
     TaskSubmitted,
     Transition,
 )
@@ -38,6 +39,8 @@ from ._tasks import FunctionCall, Library, PythonTask, ResourcesMeasured, Task
 from .exceptions import FileFetchError, ManagerClosedError, TaskSubmissionError, UnsatisfiableTaskError
 
 __all__ = ["Manager", "Statistics", "ManagerState"]
+
+_STATE_NAMES = {s: s.value for s in TaskState}  # the log's state names, without the enum's property lookup
 
 
 class ManagerState(enum.Enum):
@@ -108,7 +111,7 @@ class Manager:
         self._log = TransactionLog(os.path.join(self.run_dir, "transactions.jsonl"))
         self._scheduler = Scheduler()
         self._tasks: dict[int, Task] = {}
-        self._specs: dict[int, TaskSpec] = {}
+        self._specs: dict[int, tuple] = {}  # task id -> the TaskSpec fields of its attempts (see _spec_of)
         self._done: deque[Task] = deque()
         self._libraries: dict[str, Library] = {}
         self._next_id = 1
@@ -269,26 +272,30 @@ class Manager:
         self._next_id += 1
         task.id = tid
         task.manager = self
-        inputs = [f.cache_name for f in arg_files] + [f.cache_name for f, _ in task.inputs]
-        outputs = [f.cache_name for f, _ in task.outputs]
-        if task.output_file is not None:
-            outputs.append(task.output_file.cache_name)
-        self._specs[tid] = TaskSpec(
-            task_id=tid, attempt=0, payload=payload,
-            library=getattr(task, "library_name", None), function=getattr(task, "function_name", None),
-            inputs=tuple((f.kind, f.cache_name, f.source, n) for f, n in task.inputs),
-            outputs=tuple((f.kind, f.cache_name, f.source, n) for f, n in task.outputs),
-            output_temp=task.output_file.cache_name if task.output_file is not None else None,
-            arg_temps=tuple(dict.fromkeys(f.cache_name for f in arg_files if f.kind == "temp")),
-            cores=task.cores or 1, memory=task.memory, time_max=task.time_max, category=task.category)
+        library = getattr(task, "library_name", None)
+        sandbox_in, sandbox_out, out_file = task.inputs, task.outputs, task.output_file
+        outputs = tuple(f.cache_name for f, _ in sandbox_out)
+        if out_file is not None:
+            outputs += (out_file.cache_name,)
+        if arg_files or sandbox_in:
+            inputs = tuple(dict.fromkeys([f.cache_name for f in arg_files] + [f.cache_name for f, _ in sandbox_in]))
+            temps = tuple(dict.fromkeys(f.cache_name for f in [*arg_files, *(f for f, _ in sandbox_in)]
+                                        if f.kind == "temp"))
+            arg_temps = tuple(dict.fromkeys(f.cache_name for f in arg_files if f.kind == "temp"))
+        else:
+            inputs = temps = arg_temps = ()
+        # what every attempt's TaskSpec holds besides its id, attempt and cores (see _spec_of)
+        self._specs[tid] = (
+            payload, library, getattr(task, "function_name", None),
+            tuple((f.kind, f.cache_name, f.source, n) for f, n in sandbox_in) if sandbox_in else (),
+            tuple((f.kind, f.cache_name, f.source, n) for f, n in sandbox_out) if sandbox_out else (),
+            out_file.cache_name if out_file is not None else None, arg_temps,
+            task.memory, task.time_max, task.category)
         self._tasks[tid] = task
         self._submitted += 1
         self._apply(self._scheduler.handle(TaskSubmitted(
-            tid, priority=task.priority, cores=task.cores, memory=task.memory, retries=task.retries,
-            inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs), locality=task.locality,
-            temps=tuple(dict.fromkeys(f.cache_name for f in [*arg_files, *(f for f, _ in task.inputs)]
-                                      if f.kind == "temp")),
-            library=getattr(task, "library_name", None))))
+            tid, task.priority, task.cores, task.memory, task.retries, inputs, temps, outputs, task.locality,
+            library)))
         return tid
 
     def wait(self, timeout: float | None = None) -> Task | None:
@@ -362,16 +369,25 @@ class Manager:
 
     # ------------------------------------------------------------ internals
     def _apply(self, actions) -> None:
+        log, tasks = self._log, self._tasks
         for a in actions:
-            if isinstance(a, Dispatch):
-                self._engine.execute(a.worker_id, _attempt_of(self._specs[a.task_id], a.attempt, a.cores))
-            elif isinstance(a, Transition):
-                t = self._tasks.get(a.task_id)
-                self._log.transition(a.task_id, t.category if t else None, a.new.value, a.worker_id, a.detail)
-            elif isinstance(a, Complete):
+            kind = type(a)
+            if kind is Transition:  # four per task: the hottest
+                t = tasks.get(a.task_id)
+                log.transition(a.task_id, t.category if t else None, _STATE_NAMES[a.new], a.worker_id, a.detail)
+            elif kind is Dispatch:
+                self._engine.execute(a.worker_id, self._spec_of(a))
+            elif kind is Complete:
                 self._complete(a)
-            elif isinstance(a, Kill):
+            elif kind is Kill:
                 self._engine.kill(a.task_id, a.worker_id)
+
+    def _spec_of(self, a: Dispatch) -> TaskSpec:
+        """The TaskSpec of one attempt, from what ``submit`` kept (built once per attempt)."""
+        (payload, library, function, inputs, outputs, output_temp, arg_temps, memory, time_max,
+         category) = self._specs[a.task_id]
+        return TaskSpec(a.task_id, a.attempt, payload, library, function, inputs, outputs, output_temp, arg_temps,
+                        a.cores, memory, time_max, category)
 
     def _complete(self, a: Complete) -> None:
         task = self._tasks.pop(a.task_id)
@@ -400,17 +416,6 @@ class Manager:
                          task.time_max, None if m is None else (round(m.wall_time, 6), round(m.memory, 3),
                                                                 round(m.peak_rss, 3), round(m.cpu_time, 6)))
         self._done.append(task)
-
-
-def _attempt_of(spec: TaskSpec, attempt: int, cores: int) -> TaskSpec:
-    """``spec`` for one attempt: a field-by-field copy (``dataclasses.replace`` re-runs ``__init__`` and
-    is several times slower on this hot path)."""
-    new = object.__new__(TaskSpec)
-    for name in TaskSpec.__slots__:
-        object.__setattr__(new, name, getattr(spec, name))
-    object.__setattr__(new, "attempt", attempt)
-    object.__setattr__(new, "cores", cores)
-    return new
 
 
 def _failure(result: Result, reason: str) -> BaseException:
