@@ -44,7 +44,7 @@ class TransactionLog:
         if self._f is None:
             return
         self._f.write(f'{{"task": {task}, "category": {_str(category)}, "state": "{state}", '
-                      f'"worker": {_str(worker)}, "detail": {_str(detail)}, "time": {time.time():.6f}}}\n')
+                      f'"worker": {_str(worker)}, "detail": {_str(detail)}, "time": {"%.6f" % time.time()}}}\n')
 
     def result(self, task: int, category: str | None, worker: str | None, detail: str | None, attempts: int,
                cores: Any, memory: Any, time_max: Any, measured: tuple[Any, Any, Any, Any] | None) -> None:
@@ -81,12 +81,21 @@ class TransactionLog:
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-./:,()#=+")
 
 
+_QUOTED: dict[str, str] = {}  # str -> its JSON text: categories, states, details and worker names repeat
+_QUOTED_MAX = 16384  # bounded: the log's memory does not grow with the tasks run
+
+
 def _str(value: str | None) -> str:
     """A JSON string (or null); plain text is quoted directly, anything else through json."""
     if value is None:
         return "null"
-    if type(value) is str and _PLAIN.issuperset(value):
-        return f'"{value}"'
+    if type(value) is str:
+        q = _QUOTED.get(value)
+        if q is None:
+            q = f'"{value}"' if _PLAIN.issuperset(value) else json.dumps(value)
+            if len(_QUOTED) < _QUOTED_MAX:
+                _QUOTED[value] = q
+        return q
     return json.dumps(value if isinstance(value, str) else str(value))
 
 
