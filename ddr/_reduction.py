@@ -65,6 +65,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from vinecore._frozen import fast_init
+
 from ._ledger import Coverage, DatasetLedger
 from ._planner import CountRequest, Planner, Work
 
@@ -571,3 +573,8 @@ def _describe(item: Any) -> dict[str, Any]:
     if hasattr(item, "path") and hasattr(item, "start"):
         return {"file": item.path, "start": item.start, "stop": item.stop}
     return {"item": repr(item)[:120]}
+
+
+for _cls in (Capacity, JobEnded, CancelRun, Submit, CancelJob, Release, Finalize, Notice, RunEnded):
+    fast_init(_cls)  # several per task: set slots directly (still frozen; see vinecore._frozen)
+del _cls

@@ -48,6 +48,7 @@ from typing import Any
 
 from . import _serialize
 from ._events import Result
+from ._frozen import fast_init
 
 __all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context",
            "load_variable_from_library", "current_worker"]
@@ -55,6 +56,7 @@ __all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context"
 _MB = 1024 * 1024
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """Everything a worker needs to run one attempt of a task."""
@@ -74,6 +76,7 @@ class TaskSpec:
     category: str = "default"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     task_id: int

@@ -65,6 +65,7 @@ from ._events import (
     WorkerJoined,
     WorkerRemoved,
 )
+from ._frozen import fast_init
 
 __all__ = ["Scheduler", "SchedulerCounts"]
 
@@ -74,6 +75,7 @@ _RECENT_KEYS = 16  # locality keys remembered per worker
 _LAST_KEYS = 4096  # locality keys whose last worker is remembered
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SchedulerCounts:
     waiting: int
