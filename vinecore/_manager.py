@@ -41,11 +41,16 @@ from .exceptions import FileFetchError, ManagerClosedError, TaskSubmissionError,
 __all__ = ["Manager", "Statistics", "ManagerState"]
 
 _STATE_NAMES = {s: s.value for s in TaskState}  # the log's state names, without the enum's property lookup
+_RESULT_NAMES = {r: r.value for r in Result}
 
 
 class ManagerState(enum.Enum):
     RUNNING = "running"  # engine started; accepts tasks
     CLOSED = "closed"  # engine stopped; every call but close() raises
+
+
+_CLOSED = ManagerState.CLOSED  # module constants: a member looked up on its enum class costs a metaclass lookup
+_SUCCESS = Result.SUCCESS
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ class Manager:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _check_open(self, what: str) -> None:
-        if self.state is ManagerState.CLOSED:
+        if self.state is _CLOSED:
             raise ManagerClosedError(
                 f"cannot {what}: this Manager was closed. Create a new vinecore.Manager "
                 "(or keep using one inside its `with` block).")
@@ -246,7 +251,8 @@ class Manager:
     # ---------------------------------------------------------------- tasks
     def submit(self, task: Task) -> int:
         """Queue ``task``; returns its id. Never blocks on workers."""
-        self._check_open("submit a task")
+        if self.state is _CLOSED:
+            self._check_open("submit a task")
         if not isinstance(task, PythonTask):
             raise TaskSubmissionError(f"submit() takes a vinecore.PythonTask or FunctionCall, got {task!r}")
         if task.id is not None:
@@ -300,7 +306,8 @@ class Manager:
 
     def wait(self, timeout: float | None = None) -> Task | None:
         """Return a finished task, waiting at most ``timeout`` seconds (None: until one finishes)."""
-        self._check_open("wait")
+        if self.state is _CLOSED:
+            self._check_open("wait")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._done:
@@ -392,7 +399,7 @@ class Manager:
     def _complete(self, a: Complete) -> None:
         task = self._tasks.pop(a.task_id)
         self._specs.pop(a.task_id, None)
-        task.result = a.result.value
+        task.result = _RESULT_NAMES[a.result]
         task.worker = a.worker_id
         task.attempts = a.attempts
         rep = a.report
@@ -405,11 +412,11 @@ class Manager:
                     task.output = _serialize.loads(rep.output)
                 except Exception as exc:  # the value exists remotely but not here
                     task.output = exc
-                    if a.result is Result.SUCCESS:
+                    if a.result is _SUCCESS:
                         task.result = Result.EXCEPTION.value
         elif a.reason:
             task.output = _failure(a.result, a.reason)
-        if a.result is not Result.SUCCESS and task.output is None:
+        if a.result is not _SUCCESS and task.output is None:
             task.output = _failure(a.result, a.reason or a.result.value)
         m = task.resources_measured
         self._log.result(task.id, task.category, task.worker, task.result, task.attempts, task.cores, task.memory,
