@@ -43,8 +43,9 @@ class TransactionLog:
         """One state change: the hot path (four per task), written without the generic JSON encoder."""
         if self._f is None:
             return
-        self._f.write(f'{{"task": {task}, "category": {_str(category)}, "state": "{state}", '
-                      f'"worker": {_str(worker)}, "detail": {_str(detail)}, "time": {"%.6f" % time.time()}}}\n')
+        q = _QUOTED.get
+        self._f.write(_TRANSITION % (task, q(category) or _str(category), state, q(worker) or _str(worker),
+                                     q(detail) or _str(detail), time.time()))
 
     def result(self, task: int, category: str | None, worker: str | None, detail: str | None, attempts: int,
                cores: Any, memory: Any, time_max: Any, measured: tuple[Any, Any, Any, Any] | None) -> None:
@@ -81,7 +82,8 @@ class TransactionLog:
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-./:,()#=+")
 
 
-_QUOTED: dict[str, str] = {}  # str -> its JSON text: categories, states, details and worker names repeat
+_TRANSITION = '{"task": %d, "category": %s, "state": "%s", "worker": %s, "detail": %s, "time": %.6f}\n'
+_QUOTED: dict[str | None, str] = {None: "null"}  # str -> its JSON text: categories, details, worker names repeat
 _QUOTED_MAX = 16384  # bounded: the log's memory does not grow with the tasks run
 
 

@@ -32,6 +32,7 @@ from ._events import (
     Transition,
 )
 from ._files import File, dumps_collecting_files, file_from_buffer, file_from_path, file_from_url, new_temp
+from ._frozen import fast_init
 from ._log import TransactionLog
 from ._runtime import Outcome, TaskSpec
 from ._state import Scheduler
@@ -53,7 +54,8 @@ _CLOSED = ManagerState.CLOSED  # module constants: a member looked up on its enu
 _SUCCESS = Result.SUCCESS
 
 
-@dataclass(frozen=True)
+@fast_init  # built every step of a ddr run
+@dataclass(frozen=True, slots=True)
 class Statistics:
     """A snapshot of the manager; ``Manager.statistics()`` returns a new one each call."""
 
@@ -308,6 +310,8 @@ class Manager:
         """Return a finished task, waiting at most ``timeout`` seconds (None: until one finishes)."""
         if self.state is _CLOSED:
             self._check_open("wait")
+        if self._done:
+            return self._done.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._done:

@@ -411,9 +411,10 @@ class Scheduler:
         return None
 
     def _pick(self, w: _Worker) -> _Task | None:
-        top = self._top()
-        if top is None:
-            return None
+        if w.recent:  # the top's priority is only needed to weigh the worker's locality keys
+            top = self._top()
+            if top is None:
+                return None
         for key in reversed(w.recent):
             dq = self._by_key.get(key)
             while dq and not self._valid(*dq[0]):
@@ -427,17 +428,18 @@ class Scheduler:
                 del self._by_key[key]
         skipped = []
         found = None
-        while self._heap and len(skipped) < _SCAN_LIMIT:
-            entry = heapq.heappop(self._heap)
-            if not self._valid(entry[3], entry[2]):
+        heap, tasks = self._heap, self.tasks
+        while heap and len(skipped) < _SCAN_LIMIT:
+            entry = heapq.heappop(heap)
+            t = tasks.get(entry[3])
+            if t is None or t.state is not _READY or t.token != entry[2]:  # stale (see _valid)
                 continue
-            t = self.tasks[entry[3]]
             if w.fits(t):
                 found = t
                 break
             skipped.append(entry)
         for entry in skipped:
-            heapq.heappush(self._heap, entry)
+            heapq.heappush(heap, entry)
         return found
 
     def _schedule(self, out: list[Action]) -> None:

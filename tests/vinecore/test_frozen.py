@@ -5,12 +5,12 @@ import dataclasses
 import pytest
 
 from ddr import _reduction
-from vinecore import _events, _runtime, _state
+from vinecore import Statistics, _events, _runtime, _state
 from vinecore._frozen import fast_init
 
 HOT = [_events.TaskSubmitted, _events.CancelRequested, _events.WorkerJoined, _events.WorkerRemoved,
        _events.TaskFinished, _events.FileForgotten, _events.Dispatch, _events.Kill, _events.Complete,
-       _events.Transition, _runtime.TaskSpec, _runtime.Outcome, _state.SchedulerCounts,
+       _events.Transition, _runtime.TaskSpec, Statistics, _runtime.Outcome, _state.SchedulerCounts,
        _reduction.Capacity, _reduction.JobEnded, _reduction.CancelRun, _reduction.Submit, _reduction.CancelJob,
        _reduction.Release, _reduction.Finalize, _reduction.Notice, _reduction.RunEnded]
 
