@@ -7,6 +7,7 @@ Layers (datasets -> plan -> tasks -> engine -> reduce)::
     _chunking   adaptive chunk sizing policy
     _sources    per-dataset lazy work supply (counting on workers, requeues)
     _worker     the "ddr" vinecore library: process / accumulate / count on workers
+    _remote     urls, /store/ names through redirectors, read timeouts, the node cache of remote files
     _coffea     worker side: NanoEvents with cached open files, processors, errors
     _reducers   default reducer: coffea's accumulate semantics
     _ledger     exactly-once accounting of what each partial covers
@@ -30,7 +31,9 @@ from ._datasets import Dataset, FileSpec, load_fileset, write_fileset
 from ._driver import DatasetProgress
 from ._planning import Chunk
 from ._reducers import accumulate_pair
-from .exceptions import BadInputError, DatasetNotFound, DDRError, FilesetError, ProcessorError, TreeNotFound
+from ._remote import RemoteOptions
+from .exceptions import (BadInputError, DatasetNotFound, DDRError, FilesetError, InputErrorKind, ProcessorError,
+                         TreeNotFound, classify_input)
 
 __all__ = [
     "BadInputError",
@@ -43,10 +46,13 @@ __all__ = [
     "DynamicDataReduction",
     "FileSpec",
     "FilesetError",
+    "InputErrorKind",
     "ProcessorError",
+    "RemoteOptions",
     "RunHandle",
     "TreeNotFound",
     "accumulate_pair",
+    "classify_input",
     "load_fileset",
     "plot",
     "write_fileset",

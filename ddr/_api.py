@@ -191,7 +191,9 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
     ``fileset`` is a path to a fileset JSON (raw or preprocessed dialect) or the
     loaded dict. Chunks are cut lazily; entries are counted on the workers
     where the fileset lacks them; chunk sizes adapt to measured time and
-    memory unless ``chunk_size`` fixes them.
+    memory unless ``chunk_size`` fixes them. ``remote`` (a
+    :class:`ddr.RemoteOptions` or a dict of its fields) sets redirectors for
+    ``/store/...`` names, the read timeout and the node cache of remote files.
     """
 
     def __init__(self, fileset: Any, processors: Any, *, schema: Any = "NanoAOD", chunk_size: int | None = None,
@@ -199,13 +201,14 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
                  uproot_options: Mapping[str, Any] | None = None, mode: str = "virtual",
                  reducer: Callable[[Any, Any], Any] | None = None, min_split: int = 1,
                  checkpoint_every: float | None = None, resume: bool = False, fingerprint_extra: str = "",
-                 **kwargs: Any) -> None:
+                 remote: Any = None, **kwargs: Any) -> None:
         from ._coffea import NanoEventsOpener
 
         self.datasets: dict[str, Dataset] = load_fileset(fileset) if not isinstance(fileset, Mapping) or not all(
             isinstance(v, Dataset) for v in fileset.values()) else dict(fileset)
         metadata = {name: dict(ds.metadata) for name, ds in self.datasets.items()}
-        opener = NanoEventsOpener(schema, mode=mode, uproot_options=dict(uproot_options or {}), metadata=metadata)
+        opener = NanoEventsOpener(schema, mode=mode, uproot_options=dict(uproot_options or {}), metadata=metadata,
+                                  remote=remote)  # urls, redirectors, timeouts, node cache: ddr._remote
         super().__init__(self.datasets, processors, postprocess=opener, reducer=reducer, **kwargs)
         self.options.min_split = min_split
         self.chunk_size = chunk_size

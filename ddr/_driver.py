@@ -328,6 +328,9 @@ class Reduction:
         if p is None:
             return
         self.busy[p.dataset] -= 1
+        metrics = self.ledgers[p.dataset].metrics  # issue 12: per-dataset sums of what tasks reported
+        for name, value in t.metrics.items():
+            metrics[name] = metrics.get(name, 0) + value
         if t.result == "cancelled":
             return
         getattr(self, f"_on_{p.kind}")(t, p)
@@ -344,7 +347,7 @@ class Reduction:
         if isinstance(err, BadInputError) or t.result != "exception":
             src.count_failed(req.file)
             desc = str(err) if isinstance(err, BadInputError) else f"{t.result}: {err}"
-            if self.opt.skip_bad_files:
+            if self.opt.skip_bad_files and getattr(err, "kind", None) != "setup":  # issue 12: not the file's fault
                 led.files_bad.append({"file": req.file.path, "tree": req.file.tree, "error": desc})
                 self.on_event("bad_file", {"dataset": p.dataset, "file": req.file.path, "error": desc})
             else:
@@ -403,8 +406,8 @@ class Reduction:
     def _chunk_failed(self, ds: str, work: Work, desc: str, *, permanent_bad_input: bool,
                       error: BaseException | None = None) -> None:
         led = self.ledgers[ds]
-        if permanent_bad_input and not self.opt.skip_bad_files:
-            self.abort(error or DDRError(desc))
+        if permanent_bad_input and (not self.opt.skip_bad_files or getattr(error, "kind", None) == "setup"):
+            self.abort(error or DDRError(desc))  # issue 12: a missing package is never skipped as a bad file
             return
         led.fail_chunk(work.item, work.size, desc)
         self.on_event("chunk_failed", {"dataset": ds, "error": desc})

@@ -68,6 +68,7 @@ class DatasetLedger:
     final: Coverage | None = None
     complete: bool = False
     error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # sums of the tasks' vinecore metrics (issue 12)
 
     def fail_chunk(self, item: Any, size: int, error: str) -> None:
         self.chunks_failed += 1
@@ -103,6 +104,8 @@ class DatasetLedger:
             "chunk_sizes": {"first": sizes[:20], "last": sizes[-20:], "min": min(sizes, default=None),
                             "max": max(sizes, default=None), "count": len(sizes)},
             "error": self.error,
+            # issue 12: bytes the tasks read, by source (ddr._remote: server, node cache, local disk)
+            "bytes_read": {src: int(self.metrics.get(f"bytes_{src}", 0)) for src in ("remote", "cache", "local")},
         }
 
 

@@ -18,7 +18,7 @@ from vinecore.exceptions import EngineError
 
 from .exceptions import DDRError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_remote_arguments", "remote_options"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tls-cert", metavar="PEM", help="client certificate for a tls:// dask scheduler")
     r.add_argument("--tls-key", metavar="PEM", help="client private key for a tls:// dask scheduler")
     r.add_argument("--quiet", action="store_true", help="no progress display")
+    add_remote_arguments(r)
 
     pp = sub.add_parser("preprocess", help="count entries on the workers and write coffea's preprocessed fileset")
     pp.add_argument("fileset", metavar="FILE.json")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--workers", type=int, metavar="N")
     pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     pp.add_argument("--skip-bad-files", action="store_true")
+    add_remote_arguments(pp, cache=False)
 
     pl = sub.add_parser("plot", help="plot a histogram of a ddr run's output (needs ddr-hep[plot])",
                         description="Draw one histogram of OUT.coffea, one line per dataset (or stacked).")
@@ -77,6 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True, metavar="PLOT.png")
 
     return p
+
+
+def add_remote_arguments(p: argparse.ArgumentParser, *, cache: bool = True) -> None:
+    """--redirector, --read-timeout and the cache flags (see ddr/_remote.py)."""
+    from ._remote import CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_READ_TIMEOUT
+
+    p.add_argument("--redirector", action="append", default=[], metavar="URL",
+                   help="XRootD redirector for CMS logical file names (/store/...); repeatable, tried in order, "
+                        "the next one when a file fails through the previous")
+    p.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="S",
+                   help=f"bound on each connection and read of remote files (default {DEFAULT_READ_TIMEOUT:g})")
+    if cache:
+        p.add_argument("--cache", choices=CACHE_MODES, default="auto",
+                       help="node cache of remote files: auto (remote files that fit), always (local files too), "
+                            "never (default auto)")
+        p.add_argument("--cache-dir", metavar="DIR", help="node cache folder (default ~/.cache/ddr)")
+        p.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
+                       help=f"node cache bound, e.g. 500M, 20G (default {DEFAULT_CACHE_SIZE}); least recently used "
+                            "files are evicted")
+
+
+def remote_options(args: argparse.Namespace) -> Any:
+    """The RemoteOptions of the parsed flags (ValueError for a bad redirector or size)."""
+    from ._remote import RemoteOptions
+
+    return RemoteOptions(tuple(args.redirector), args.read_timeout, getattr(args, "cache", "never"),
+                         getattr(args, "cache_dir", None), getattr(args, "cache_size", "1G"))
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -119,18 +148,24 @@ def _err(msg: str) -> None:
     print(f"ddr: error: {msg}", file=sys.stderr)
 
 
-def _check_inputs(datasets: dict, skip: bool) -> None:
+def _check_inputs(datasets: dict, skip: bool, redirectors: tuple[str, ...] = ()) -> None:
+    """Local files must exist; urls, and /store/... names read through redirectors, are checked on the workers."""
     missing = []
     for name, ds in datasets.items():
         for f in ds.files:
-            if "://" not in f.path and not os.path.exists(f.path):
+            if "://" in f.path or (redirectors and f.path.startswith("/store/")):
+                continue
+            if not os.path.exists(f.path):
                 missing.append((name, f.path))
     if missing and not skip:
         lines = "\n".join(f"  dataset {n!r}: {p}" for n, p in missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        lfn = ("\n  paths starting with /store/ are CMS logical file names: read them through a redirector with "
+               "--redirector root://cmsxrootd.fnal.gov (or your regional one)"
+               if any(p.startswith("/store/") for _, p in missing) else "")
         raise DDRError(f"input file(s) not found:\n{lines}{more}\n"
                        "  fix the paths in the fileset (relative paths resolve against the JSON's folder), "
-                       "or pass --skip-bad-files to run without them")
+                       f"or pass --skip-bad-files to run without them{lfn}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -142,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     try:
         datasets = load_fileset(args.datasets)
-        _check_inputs(datasets, args.skip_bad_files)
+        remote = remote_options(args)
+        _check_inputs(datasets, args.skip_bad_files, remote.redirectors)
         procs = load_analysis(args.analysis, args.processor)
         from ._coffea import resolve_schema
 
@@ -157,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
         cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
         skip_bad_files=args.skip_bad_files, engine_options=engine_options,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, remote=remote,
         fingerprint_extra=_analysis_digest(args.analysis, args.processor))
     if ddr.run_dir is None:
         ddr.run_dir = os.path.join(".ddr", "runs", ddr.fingerprint())
@@ -238,7 +274,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     try:
         out = preprocess_fileset(args.fileset, args.output, step_size=args.step_size, engine=args.engine,
-                                 workers=args.workers, skip_bad_files=args.skip_bad_files)
+                                 workers=args.workers, skip_bad_files=args.skip_bad_files,
+                                 remote=remote_options(args))
     except (DDRError, ValueError, OSError) as exc:
         _err(str(exc))
         return 2

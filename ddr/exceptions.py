@@ -21,10 +21,26 @@ entry range), shows what does exist (nearest names first, like uproot's
       error:   OSError: expected Chunk of length 150, received 0 bytes from ...
       hint:    fix or remove the file, or use --skip-bad-files to continue without it
 
-Input errors are permanent or transient (:func:`classify_input_error`):
-retrying cannot fix a missing, truncated or corrupt file, a missing tree or a
-schema rejection, but it often fixes timeouts, dropped connections and
-xrootd's "Operation expired" (and, to be safe, any other OSError).
+Input errors are classified by exception type, never by words in messages
+(:func:`classify_input`; the CLI and the API share it):
+
+=========  ==========================================================  ===========================
+kind       raised as                                                   what ddr does
+=========  ==========================================================  ===========================
+missing    FileNotFoundError, ENOENT, HTTP 404/410, XRootD [3011]      stop, naming the file; or
+                                                                       skip with --skip-bad-files
+                                                                       (next --redirector first)
+denied     PermissionError, EACCES, HTTP 401/403, XRootD [3010]        the same
+transient  ConnectionError, TimeoutError, connection errnos, EIO,      retry with backoff, then the
+           HTTP 408/429/5xx, XRootD socket/connection/expired codes,   next redirector, then fail
+           a short read from remote storage                            naming the server
+corrupt    a short read of a local file (truncated), zlib and          stop or skip; "fix or
+           deserialization errors, ValueError (not a ROOT file),       remove the file"
+           a missing object, an error raised by a coffea schema
+setup      ImportError                                                 stop: "pip install <package>"
+resource   MemoryError                                                 not bad input: the chunk is
+                                                                       split (resource exhaustion)
+=========  ==========================================================  ===========================
 
 Every error keeps its attributes through pickling, because errors raised on a
 worker travel back to the manager.
@@ -33,7 +49,12 @@ worker travel back to the manager.
 from __future__ import annotations
 
 import difflib
+import enum
+import errno
+import re
+import sys
 import zlib
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 __all__ = [
@@ -45,7 +66,11 @@ __all__ = [
     "ProcessorError",
     "nearest",
     "format_names",
+    "InputErrorKind",
+    "InputFailure",
+    "classify_input",
     "classify_input_error",
+    "xrootd_status",
 ]
 
 
@@ -140,20 +165,24 @@ class BadInputError(DDRError):
 
     ``cause`` is ``"<type>: <message>"`` of the underlying error; ``permanent``
     says whether retrying can help (a timeout can, a truncated file cannot);
-    ``what`` is the one-line summary that opens the message.
+    ``kind`` is an :class:`InputErrorKind` value (``"missing"``, ``"transient"``,
+    ``"corrupt"``, ``"denied"``, ``"setup"``); ``server`` the remote server
+    involved, if any; ``what`` is the one-line summary that opens the message.
     """
 
     def __init__(self, dataset: str | None, file: str, tree: str | None, start: int | None, stop: int | None,
-                 cause: str, permanent: bool = True, hint: str | None = None, *, what: str | None = None) -> None:
+                 cause: str, permanent: bool = True, hint: str | None = None, *, what: str | None = None,
+                 kind: str | None = None, server: str | None = None) -> None:
         self.dataset, self.file, self.tree = dataset, file, tree
         self.start, self.stop = start, stop
         self.cause, self.permanent = cause, bool(permanent)
+        if kind is None:
+            kind = "corrupt" if self.permanent else "transient"
+        self.kind, self.server = str(InputErrorKind(kind).value), server
         if what is None:
             what = "cannot read input" if self.permanent else "transient error while reading input"
         if hint is None:
-            hint = ("fix or remove the file, or use --skip-bad-files to continue without it" if self.permanent
-                    else "ddr retries transient errors; if it keeps failing, check the storage, "
-                         "or use --skip-bad-files to continue without the file")
+            hint = _HINTS.get(InputErrorKind(self.kind), _HINTS[InputErrorKind.CORRUPT])
         self.what, self.hint = what, hint
         super().__init__(self._message())
 
@@ -162,6 +191,8 @@ class BadInputError(DDRError):
         if self.dataset is not None:
             lines.append(f"  dataset: {self.dataset}")
         lines.append(f"  file:    {self.file}")
+        if self.server is not None and self.server not in self.file:
+            lines.append(f"  server:  {self.server}")
         if self.tree is not None:
             lines.append(f"  tree:    {self.tree}")
         if self.start is not None or self.stop is not None:
@@ -231,37 +262,240 @@ class ProcessorError(DDRError):
         return err
 
 
-_TRANSIENT_WORDS = ("operation expired", "timed out", "timeout", "connection reset", "connection refused",
-                    "connection error", "connection aborted", "temporarily unavailable", "try again", "socket",
-                    "broken pipe", "service unavailable", "bad gateway", "too many requests")
+# ------------------------------------------------------------ classification
+class InputErrorKind(str, enum.Enum):
+    """What kind of failure an input error is; only ``TRANSIENT`` is worth retrying."""
+
+    MISSING = "missing"  # the file or url does not exist
+    DENIED = "denied"  # exists, but this user may not read it
+    TRANSIENT = "transient"  # connection refused or reset, timeouts, a busy or restarting server
+    CORRUPT = "corrupt"  # truncated, corrupt, not a ROOT file, not what the schema needs
+    SETUP = "setup"  # a package is missing on the worker: not the file's fault
+    RESOURCE = "resource"  # out of memory: never bad input (the chunk is split instead)
+
+    def __str__(self) -> str:  # pragma: no cover - cosmetic
+        return self.value
 
 
-def classify_input_error(exc: BaseException) -> tuple[bool, str]:
-    """``(permanent, short description)`` of an error met while opening or reading input.
+@dataclass(frozen=True)
+class InputFailure:
+    """The classification of one input error: kind, a short description, the fix, the server involved."""
 
-    Judged from the exception type and the words uproot, fsspec and xrootd use
-    in their messages (no import of either is needed).
+    kind: InputErrorKind
+    description: str
+    hint: str
+    server: str | None = None
+
+    @property
+    def permanent(self) -> bool:
+        return self.kind is not InputErrorKind.TRANSIENT
+
+
+_SKIP = "use --skip-bad-files to continue without it"
+_HINTS = {
+    InputErrorKind.MISSING: f"check the path (for a /store/... name, the --redirector), or {_SKIP}",
+    InputErrorKind.DENIED: f"check the file's permissions (remote: your grid proxy or token), or {_SKIP}",
+    InputErrorKind.TRANSIENT: "ddr retries transient errors; if it keeps failing, check the storage, "
+                              "or use --skip-bad-files to continue without the file",
+    InputErrorKind.CORRUPT: f"fix or remove the file, or {_SKIP}",
+    InputErrorKind.RESOURCE: "give each task more memory (--memory) or use smaller chunks",
+}
+
+# import name -> pip package, for "setup" errors
+_PACKAGES = {"fsspec_xrootd": "fsspec-xrootd", "XRootD": "xrootd", "pyxrootd": "xrootd", "aiohttp": "aiohttp",
+             "fsspec": "fsspec", "requests": "requests", "lz4": "lz4", "xxhash": "xxhash",
+             "zstandard": "zstandard", "cramjam": "cramjam", "isal": "isal", "deflate": "deflate",
+             "coffea": "coffea", "uproot": "uproot", "awkward": "awkward", "s3fs": "s3fs", "gcsfs": "gcsfs"}
+
+_TRANSIENT_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.EHOSTDOWN, errno.ENOTCONN, errno.EPIPE,
+    errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ESTALE, errno.ECANCELED})
+
+# XRootD's server error numbers (kXR_*) and client status codes worth retrying
+_XROOTD_TRANSIENT_SERVER = frozenset({3005, 3007, 3012, 3014, 3017, 3020, 3024, 3034, 3035})
+_XROOTD_CLIENT_CODES = {  # XrdClStatus.hh code -> the text XRootD prints for it
+    101: "Invalid address", 102: "Socket error", 103: "Socket timeout", 104: "Socket disconnected",
+    105: "Poller error", 106: "Socket opt error", 107: "Stream disconnect", 108: "Connection error",
+    109: "Invalid session", 110: "TLS error", 201: "Invalid message", 202: "Hand shake failed",
+    203: "Login failed", 204: "Auth failed", 205: "Query not supported", 206: "Operation expired",
+    207: "Operation interrupted", 208: "Threshold exceeded", 301: "No more free SIDs",
+    302: "Invalid redirect URL", 303: "Invalid response", 304: "Resource not found", 305: "CheckSum error",
+    306: "Redirect limit has been reached", 400: "Error response", 14: "Received corrupted data",
+    16: "No more replicas to try"}
+_XROOTD_CODE_OF_TEXT = {text: code for code, text in _XROOTD_CLIENT_CODES.items()}
+_XROOTD_TRANSIENT_CLIENT = frozenset({101, 102, 103, 104, 105, 107, 108, 109, 206, 207, 208, 301})
+_XROOTD_STATUS = re.compile(r"\[(?:ERROR|FATAL)\] ([A-Za-z ]+?)(?::|\s*$|\s*\n)")
+_XROOTD_SERVER_ERRNO = re.compile(r"\[(3\d{3})\]")
+
+
+def xrootd_status(exc: BaseException) -> tuple[int | None, int | None]:
+    """``(client status code, server kXR error number)`` of an XRootD error, or ``(None, None)``.
+
+    vinecore's :class:`~vinecore._fetch.RemoteFileError` carries them; fsspec-xrootd
+    raises a plain OSError holding the status's canonical text (``[FATAL] Connection
+    error``, ``[ERROR] Server responded with an error: [3011] ...``), decoded here
+    through XRootD's own table of status texts.
     """
-    text = str(exc).lower()
-    name = type(exc).__name__
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) or "no such file" in text:
-        return True, "file not found"
+    status = getattr(exc, "status", None)
+    if getattr(exc, "server_errno", None) is not None or (
+            status is not None and type(exc).__name__ == "RemoteFileError" and str(getattr(exc, "url", "")).startswith(
+                ("root://", "roots://"))):
+        return status, getattr(exc, "server_errno", None)
+    text = str(exc)
+    m = _XROOTD_STATUS.search(text)
+    if m is None:
+        return None, None
+    code = _XROOTD_CODE_OF_TEXT.get(m.group(1).strip())
+    server = _XROOTD_SERVER_ERRNO.search(text)
+    return code, int(server.group(1)) if server else None
+
+
+def _missing_package(exc: BaseException) -> str | None:
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 5:
+        name = getattr(e, "name", None)
+        if isinstance(e, ImportError) and name:
+            top = name.split(".")[0]
+            return _PACKAGES.get(top, top.replace("_", "-"))
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+def _raised_in(exc: BaseException, fragment: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if fragment in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _is_instance_of(exc: BaseException, module: str, names: tuple[str, ...]) -> bool:
+    """isinstance against classes of ``module`` if it is loaded (an exception of an unloaded module cannot exist)."""
+    mod = sys.modules.get(module)
+    classes = tuple(c for c in (getattr(mod, n, None) for n in names) if isinstance(c, type)) if mod else ()
+    return bool(classes) and isinstance(exc, classes)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    if _is_instance_of(exc, "aiohttp", ("ClientResponseError",)):
+        return int(exc.status)  # type: ignore[attr-defined]
+    if _is_instance_of(exc, "urllib.error", ("HTTPError",)):
+        return int(exc.code)  # type: ignore[attr-defined]
+    if type(exc).__name__ == "RemoteFileError" and str(getattr(exc, "url", "")).startswith("http"):
+        return getattr(exc, "status", None)
+    return None
+
+
+def _server_of(exc: BaseException, path: str | None) -> str | None:
+    server = getattr(exc, "server", None)
+    if isinstance(server, str) and server:
+        return server
+    if path and "://" in path and not path.startswith("file://"):
+        from vinecore import server_of
+
+        return server_of(path)
+    return None
+
+
+def classify_input(exc: BaseException, path: str | None = None) -> InputFailure:
+    """Classify an error met while opening or reading ``path`` (a local path or url), by exception type.
+
+    In order: ddr's own errors keep their kind; ``MemoryError`` is a resource
+    limit; ``ImportError`` is a setup problem (naming the package); HTTP errors go
+    by status and XRootD errors by status code (:func:`xrootd_status`); other
+    ``OSError``s by errno (``ENOENT`` missing, ``EACCES`` denied, connection and
+    timeout errnos transient) or subclass; uproot's short reads are corrupt for a
+    local file and transient for a remote one; decompression and deserialization
+    errors, ``ValueError``, a missing object and errors raised by a coffea schema
+    are corrupt input. Anything else is permanent.
+    """
+    remote = bool(path) and "://" in str(path) and not str(path).startswith("file://")
+    server = _server_of(exc, path)
+
+    def fail(kind: InputErrorKind, description: str) -> InputFailure:
+        hint = _HINTS.get(kind, "")
+        if kind is InputErrorKind.TRANSIENT and server:
+            hint = (f"ddr retries transient errors (then the next --redirector, if any); if it keeps failing, "
+                    f"check {server}, or use --skip-bad-files to continue without the file")
+        return InputFailure(kind, description, hint, server)
+
+    if isinstance(exc, BadInputError):
+        kind = InputErrorKind(exc.kind)
+        return InputFailure(kind, exc.what, exc.hint, exc.server)
+    carried = getattr(exc, "input_failure", None)  # classified where it was raised (ddr._remote.RedirectorError)
+    if isinstance(carried, InputFailure):
+        return carried
+    if isinstance(exc, MemoryError):
+        return fail(InputErrorKind.RESOURCE, "out of memory")
+    if isinstance(exc, ImportError):
+        package = _missing_package(exc)
+        fix = f"pip install {package}" if package else "install the package the error names"
+        return InputFailure(InputErrorKind.SETUP,
+                            f"a package is missing{f' ({package})' if package else ''}",
+                            f"{fix} where the workers run; this is not a problem of the file", server)
+    status = _http_status(exc)
+    if status is not None:
+        if status in (404, 410):
+            return fail(InputErrorKind.MISSING, f"file not found (HTTP {status})")
+        if status in (401, 403):
+            return fail(InputErrorKind.DENIED, f"permission denied (HTTP {status})")
+        if status in (408, 425, 429) or status >= 500:
+            return fail(InputErrorKind.TRANSIENT, f"server error (HTTP {status})")
+        return fail(InputErrorKind.CORRUPT, f"the server refused the read (HTTP {status})")
+    code, server_errno = xrootd_status(exc)
+    if code is not None or server_errno is not None:
+        if server_errno in (3011, 3029):
+            return fail(InputErrorKind.MISSING, f"file not found (XRootD error {server_errno})")
+        if server_errno in (3010, 3030, 3028):
+            return fail(InputErrorKind.DENIED, f"permission denied (XRootD error {server_errno})")
+        if server_errno in _XROOTD_TRANSIENT_SERVER or (server_errno is None and code in _XROOTD_TRANSIENT_CLIENT):
+            what = _XROOTD_CLIENT_CODES.get(code or 0, "server error").lower()
+            return fail(InputErrorKind.TRANSIENT, f"{what} (XRootD {server_errno or code})")
+        if code in (203, 204):
+            return fail(InputErrorKind.DENIED, f"authentication failed (XRootD {code})")
+        return fail(InputErrorKind.CORRUPT, f"XRootD error {server_errno or code}")
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return fail(InputErrorKind.MISSING, "file not found")
     if isinstance(exc, IsADirectoryError):
-        return True, "is a directory, not a ROOT file"
-    if isinstance(exc, PermissionError) or "permission denied" in text:
-        return True, "permission denied"
-    if isinstance(exc, (TimeoutError, ConnectionError)) or any(w in text for w in _TRANSIENT_WORDS):
-        return False, "timeout or connection error"
-    if name == "KeyInFileError":
-        return True, "object not found in the file"
-    if "missing event id fields" in text or ("schema" in text and isinstance(exc, RuntimeError)):
-        return True, "the schema rejected the file"
-    if "expected chunk of length" in text:  # a short read: the file ends early
-        remote = "://" in text and "file://" not in text
-        return (not remote), "short read from remote storage" if remote else "file is truncated or not a ROOT file"
-    if isinstance(exc, zlib.error) or name == "DeserializationError" or "compression" in text \
-            or "not a root file" in text:
-        return True, "corrupt data (decompression or deserialization failed)"
+        return fail(InputErrorKind.CORRUPT, "is a directory, not a ROOT file")
+    if isinstance(exc, PermissionError):
+        return fail(InputErrorKind.DENIED, "permission denied")
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return fail(InputErrorKind.TRANSIENT, "timeout or connection error")
+    if _is_instance_of(exc, "aiohttp", ("ClientConnectionError", "ClientPayloadError", "ServerTimeoutError")):
+        return fail(InputErrorKind.TRANSIENT, "connection error")
     if isinstance(exc, OSError):
-        return False, "I/O error"
-    return True, f"cannot read ({name})"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return fail(InputErrorKind.MISSING, "file not found")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return fail(InputErrorKind.DENIED, "permission denied")
+        if exc.errno is not None:
+            return fail(InputErrorKind.TRANSIENT, f"I/O error ({errno.errorcode.get(exc.errno, exc.errno)})")
+        if _raised_in(exc, "/uproot/source/") or not remote:  # a short read (uproot's Chunk checks the length)
+            if remote:
+                return fail(InputErrorKind.TRANSIENT, "short read from remote storage")
+            return fail(InputErrorKind.CORRUPT, "file is truncated or not a ROOT file")
+        return fail(InputErrorKind.TRANSIENT, "I/O error")
+    if type(exc).__name__ == "KeyInFileError":
+        return fail(InputErrorKind.CORRUPT, "object not found in the file")
+    if isinstance(exc, zlib.error) or type(exc).__name__ == "DeserializationError" or \
+            type(exc).__module__.split(".")[0] in ("lz4", "zstandard", "cramjam", "isal", "deflate", "xxhash"):
+        return fail(InputErrorKind.CORRUPT, "corrupt data (decompression or deserialization failed)")
+    if _raised_in(exc, "/coffea/nanoevents/schemas/"):
+        return fail(InputErrorKind.CORRUPT, "the schema rejected the file")
+    if isinstance(exc, TypeError) and remote and _raised_in(exc, "/uproot/source/"):
+        # uproot slices the exception object fsspec returns for a failed range request
+        return fail(InputErrorKind.TRANSIENT, "remote read failed (the transport error was lost in uproot)")
+    if isinstance(exc, ValueError):
+        return fail(InputErrorKind.CORRUPT, "corrupt data or not a ROOT file")
+    return fail(InputErrorKind.CORRUPT, f"cannot read ({type(exc).__name__})")
+
+
+def classify_input_error(exc: BaseException, path: str | None = None) -> tuple[bool, str]:
+    """``(permanent, short description)`` of an error met while opening or reading input (:func:`classify_input`)."""
+    f = classify_input(exc, path)
+    return f.permanent, f.description

@@ -382,6 +382,7 @@ class Manager:
         if isinstance(rep, Outcome):
             task.std_output = rep.std_output
             task.resources_measured = ResourcesMeasured(rep.wall_time, rep.memory, rep.peak_rss, rep.cpu_time)
+            task.metrics = dict(rep.metrics or {})
             if rep.output is not None:
                 try:
                     task.output = _serialize.loads(rep.output)

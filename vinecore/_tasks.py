@@ -4,7 +4,7 @@
 :class:`FunctionCall` names a function of an installed :class:`Library`, whose
 context is built once per worker. The setters follow TaskVine's Python API.
 After ``Manager.wait`` returns a task, its outcome is in ``result``,
-``output``, ``std_output``, ``resources_measured`` and ``worker``.
+``output``, ``std_output``, ``resources_measured``, ``metrics`` and ``worker``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Task:
         self.output: Any = None
         self.std_output: str = ""
         self.resources_measured: ResourcesMeasured | None = None
+        self.metrics: dict[str, float] = {}  # sums of what the task reported with vinecore.report_metric
         self.worker: str | None = None
         self.attempts: int = 0
         self.manager = None
