@@ -120,14 +120,20 @@ class RemoteOptions:
         return os.path.abspath(os.path.expanduser(self.cache_dir or default_cache_dir("ddr")))
 
     def uproot_options(self, url: str) -> dict[str, Any]:
-        """uproot/fsspec options that bound reading ``url`` by ``read_timeout``."""
+        """uproot/fsspec options that bound reading ``url`` by ``read_timeout``.
+
+        Each open gets a filesystem object of its own (``skip_instance_cache``):
+        fsspec would share one per server, and fsspec-xrootd keeps its file
+        handles there, so closing one file (or a handle broken by a server
+        restart) would break the other files read through it."""
         t = max(1, int(round(self.read_timeout)))
         if url.startswith(("root://", "roots://")):
-            return {"timeout": t}  # fsspec-xrootd: every request
+            return {"timeout": t, "skip_instance_cache": True}  # fsspec-xrootd: every request
         if url.startswith(("http://", "https://")):
             import aiohttp
 
-            return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)}}
+            return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)},
+                    "skip_instance_cache": True}
         return {}
 
 

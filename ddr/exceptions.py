@@ -490,6 +490,9 @@ def classify_input(exc: BaseException, path: str | None = None) -> InputFailure:
     if isinstance(exc, TypeError) and remote and _raised_in(exc, "/uproot/source/"):
         # uproot slices the exception object fsspec returns for a failed range request
         return fail(InputErrorKind.TRANSIENT, "remote read failed (the transport error was lost in uproot)")
+    if remote and (_raised_in(exc, "/XRootD/") or _raised_in(exc, "/fsspec_xrootd/")):
+        # the XRootD client's own Python errors (e.g. a handle closed under a read): transport, not data
+        return fail(InputErrorKind.TRANSIENT, f"XRootD client error ({type(exc).__name__})")
     if isinstance(exc, ValueError):
         return fail(InputErrorKind.CORRUPT, "corrupt data or not a ROOT file")
     return fail(InputErrorKind.CORRUPT, f"cannot read ({type(exc).__name__})")

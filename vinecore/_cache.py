@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from ._fetch import RemoteStat, download, stat_url
-from ._files import file_from_url
+from ._files import url_cache_name
 
 __all__ = ["NodeCache", "Lease", "CacheEntry", "default_cache_dir", "parse_size"]
 
@@ -147,8 +147,7 @@ class NodeCache:
         content (default: the url's version stamp). Raises the url's
         :class:`~vinecore._fetch.RemoteFileError` when it cannot be read.
         """
-        name = file_from_url(key or url).cache_name
-        folder = os.path.join(self.root, name)
+        folder = os.path.join(self.root, url_cache_name(key or url))
         st = stat if stat is not None else stat_url(url, self.timeout)
         lease = self._lookup(folder, st, identity)
         if lease is not None or st.size > self.max_bytes:
@@ -163,7 +162,7 @@ class NodeCache:
     def lookup(self, url: str, *, key: str | None = None, identity: str | None = None,
                stat: RemoteStat | None = None) -> Lease | None:
         """The leased copy of ``url`` if the cache has the current version; never downloads."""
-        folder = os.path.join(self.root, file_from_url(key or url).cache_name)
+        folder = os.path.join(self.root, url_cache_name(key or url))
         st = stat if stat is not None else stat_url(url, self.timeout)
         return self._lookup(folder, st, identity)
 

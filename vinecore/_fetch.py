@@ -257,7 +257,7 @@ def _http_download(url: str, out: BinaryIO, timeout: float, on_bytes: Callable[[
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             while True:
-                block = r.read(_BLOCK)
+                block = r.read1(_BLOCK)  # what has arrived: the part file grows as the bytes come
                 if not block:
                     break
                 out.write(block)
