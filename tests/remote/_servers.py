@@ -73,7 +73,7 @@ def _chown_for_server(path: str) -> None:
 class XRootDServer:
     """``xrootd`` serving ``data`` on a free port (``start``, ``stop``, ``restart`` on the same port)."""
 
-    def __init__(self, data: str, workdir: str, *, name: str = "ddrtest") -> None:
+    def __init__(self, data: str, workdir: str, *, name: str = "ddrtest", trace: bool = True) -> None:
         self.data, self.workdir, self.name = data, workdir, name
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -90,7 +90,7 @@ class XRootDServer:
                     "all.export / nolock r/o\n"
                     f"all.adminpath {workdir}/admin\n"
                     f"all.pidpath {workdir}/run\n"
-                    "xrootd.trace all\n")  # logs every read with its length: bytes_read() counts them
+                    + ("xrootd.trace all\n" if trace else ""))  # logs every read and its length: bytes_read()
 
     @property
     def log(self) -> str:

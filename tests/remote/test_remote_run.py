@@ -227,3 +227,36 @@ def test_server_gone_for_good_fails_naming_it_in_bounded_time(own_xrootd, genera
         ds = report(d)["datasets"]["Synthetic"]
         assert not ds["complete"] and ds["failed_chunks"] and 0 < ds["events_processed"] < 400_000
         assert "incomplete datasets: Synthetic" in err
+
+
+# ------------------------------------------------- preprocess, always, API
+def test_preprocess_lfns_then_run_with_cache_always(xrootd, tmp_path, local_result):
+    lfns = samples_fileset(tmp_path / "lfn.json", lambda n: f"/{LFN_DIR}/{n}")
+    out = tmp_path / "pre.json"
+    r = subprocess.run([sys.executable, "-m", "ddr.cli", "preprocess", lfns, "-o", str(out), "--workers", "1",
+                        "--redirector", xrootd.address, "--read-timeout", "5"], capture_output=True, text=True,
+                       timeout=280)
+    assert r.returncode == 0, r.stderr
+    pre = json.loads(out.read_text())
+    entry = pre["DYJetsToLL"]["files"][f"/{LFN_DIR}/nano_dy.root"]  # the name is kept, not made relative
+    assert entry["num_entries"] == 40 and entry["uuid"]
+    # --cache always copies local files too; the cache then holds the four samples
+    r, d = ddr_run(tmp_path, DATASETS / "samples.json", "--cache", "always", name="always")
+    assert r.returncode == 0, r.stderr
+    rep = assert_equal_to_local(d, local_result)
+    assert sorted(os.path.basename(m["url"]) for m in _cache_entries(tmp_path / "cache")) == sorted(
+        SAMPLE_FILES.values())
+    assert all(ds["bytes_read"]["cache"] > 0 for ds in rep["datasets"].values())
+
+
+def test_python_api_reads_remote_files(xrootd, tmp_path, local_result):
+    import ddr
+    from analyses.dimuon import DimuonProcessor
+
+    fileset = samples_fileset(tmp_path / "root.json", xrootd.url)
+    job = ddr.CoffeaDynamicDataReduction(fileset, DimuonProcessor(), workers=1, run_dir=tmp_path / "run",
+                                         remote=ddr.RemoteOptions(cache_dir=str(tmp_path / "c"), read_timeout=10))
+    out = job.compute()
+    for ds, value in local_result[0].items():
+        assert_same(value, out[ds], ds)
+    assert all(d["bytes_read"]["remote"] > 0 for d in job.report["datasets"].values())
