@@ -133,7 +133,8 @@ def _open(reader: RemoteReader, path: str, options: Mapping[str, Any]) -> Opened
     return reader.open(path, {"array_cache": None, **options})
 
 
-def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int | None, stop: int | None) -> Any:
+def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int | None, stop: int | None,
+              url: str | None = None) -> Any:
     import uproot
 
     try:
@@ -145,7 +146,7 @@ def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int |
             keys = []
         raise TreeNotFound(dataset, path, tree, keys, start=start, stop=stop) from None
     except Exception as exc:
-        _raise_input_error(exc, dataset, path, tree, start, stop, "cannot read the tree")
+        _raise_input_error(exc, dataset, path, tree, start, stop, "cannot read the tree", url=url)
     if not hasattr(obj, "num_entries"):
         raise BadInputError(dataset, path, tree, start, stop, f"TypeError: {tree!r} is a {obj.classname}",
                             True, what=f"{tree!r} is not a TTree",
@@ -167,7 +168,8 @@ def count_entries(path: str, tree: str, uproot_options: Mapping[str, Any] | None
     except Exception as exc:
         _raise_input_error(exc, None, path, tree, None, None, "cannot open file")
     try:
-        return int(_get_tree(opened.file, path, tree, None, None, None).num_entries), str(opened.file.file.uuid)
+        t = _get_tree(opened.file, path, tree, None, None, None, opened.url)
+        return int(t.num_entries), str(opened.file.file.uuid)
     finally:
         reader.report(opened)
         opened.close()
@@ -252,14 +254,17 @@ class NanoEventsOpener:
             entry[0].close()
             self._closed_since_collect += 1
 
-    def forget(self, path: str, exc: BaseException | None = None) -> None:
+    def forget(self, path: str, exc: BaseException | None = None) -> str | None:
         """Close ``path`` after a read error (a handle that failed is not reused); an unreachable
-        server is tried last by the next attempt."""
+        server is tried last by the next attempt. Returns the url it was read from, if it was open."""
         with self._lock:
             entry = self._files.get(path)
-            if entry is not None and exc is not None and not classify_input(exc, entry[0].url).permanent:
+            if entry is None:
+                return None
+            if exc is not None and not classify_input(exc, entry[0].url).permanent:
                 self._reader.mark_down(entry[0].url)
             self._evict(path)
+            return entry[0].url
 
     def report_reads(self, path: str) -> None:
         """Report the bytes read from ``path`` since the last report (``vinecore.report_metric``)."""
@@ -296,7 +301,8 @@ class NanoEventsOpener:
             self._files.move_to_end(path)
             opened, trees = entry
             if tree not in trees:
-                trees[tree] = _Tree(_get_tree(opened.file, path, tree, dataset, start, stop), opened.file)
+                obj = _get_tree(opened.file, path, tree, dataset, start, stop, opened.url)
+                trees[tree] = _Tree(obj, opened.file)
             return trees[tree]
 
     def __call__(self, chunk: Chunk) -> Any:
@@ -307,8 +313,8 @@ class NanoEventsOpener:
         except BadInputError:
             raise
         except Exception as exc:
-            self.forget(chunk.path, exc)  # a handle that failed is not reused
-            _raise_input_error(exc, *where, "cannot build the events")
+            url = self.forget(chunk.path, exc)  # a handle that failed is not reused
+            _raise_input_error(exc, *where, "cannot build the events", url=url)
 
     def _events(self, t: _Tree, chunk: Chunk) -> Any:
         from coffea.nanoevents import NanoEventsFactory
@@ -495,10 +501,9 @@ def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any],
         raise
     except Exception as exc:
         if _is_read_error(exc):
-            if hasattr(opener, "forget"):
-                opener.forget(chunk.path, exc)
+            url = opener.forget(chunk.path, exc) if hasattr(opener, "forget") else None
             _raise_input_error(exc, chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop,
-                               "cannot read the events")
+                               "cannot read the events", url=url)
         raise
     finally:
         if hasattr(opener, "report_reads"):  # bytes this chunk read, per source (see the module docstring)

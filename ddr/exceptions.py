@@ -464,7 +464,7 @@ def classify_input(exc: BaseException, path: str | None = None) -> InputFailure:
         return fail(InputErrorKind.CORRUPT, "is a directory, not a ROOT file")
     if isinstance(exc, PermissionError):
         return fail(InputErrorKind.DENIED, "permission denied")
-    if isinstance(exc, (TimeoutError, ConnectionError)):
+    if isinstance(exc, (TimeoutError, ConnectionError)) or _is_instance_of(exc, "asyncio", ("TimeoutError",)):
         return fail(InputErrorKind.TRANSIENT, "timeout or connection error")
     if _is_instance_of(exc, "aiohttp", ("ClientConnectionError", "ClientPayloadError", "ServerTimeoutError")):
         return fail(InputErrorKind.TRANSIENT, "connection error")

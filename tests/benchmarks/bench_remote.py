@@ -148,8 +148,9 @@ def main() -> None:
                              "server_bytes_per_run": [r["server_bytes"] for r in runs],
                              "bytes_read_per_run": runs[-1]["bytes_read"]}
         if "local" in summary:
+            local = summary["local"]["median_seconds"]
             for name in summary:
-                summary[name]["vs_local"] = round(summary[name]["median_seconds"] / summary["local"]["median_seconds"], 3)
+                summary[name]["vs_local"] = round(summary[name]["median_seconds"] / local, 3)
         emit("bench_remote", {
             "dataset": {"files": args.files, "events": events, "bytes": size, "width": "narrow",
                         "generated_seconds": round(gen_seconds, 1)},

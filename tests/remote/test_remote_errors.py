@@ -127,11 +127,15 @@ def test_timeouts_are_transient_and_bounded(silent_server):
     t0 = time.monotonic()
     e = raised(vinecore.stat_url, http, 1)
     assert classify_input(e, http).kind is K.TRANSIENT and e.errno == 110  # ETIMEDOUT
+    e = raised(uproot.open, {http: None}, **RemoteOptions(read_timeout=1).uproot_options(http))  # in place
+    assert classify_input(e, http).kind is K.TRANSIENT, repr(e)
     root = f"root://127.0.0.1:{silent_server}//nano_dy.root"
     vinecore.apply_xrootd_settings(2)
     e = raised(vinecore.stat_url, root, 2)  # the handshake is never answered
     assert classify_input(e, root).kind is K.TRANSIENT, e
-    assert time.monotonic() - t0 < 45
+    e = raised(uproot.open, {root: None}, **RemoteOptions(read_timeout=2).uproot_options(root))
+    assert classify_input(e, root).kind is K.TRANSIENT, repr(e)
+    assert time.monotonic() - t0 < 60
 
 
 @pytest.mark.slow
