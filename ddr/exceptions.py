@@ -419,8 +419,8 @@ def classify_input(exc: BaseException, path: str | None = None) -> InputFailure:
     def fail(kind: InputErrorKind, description: str) -> InputFailure:
         hint = _HINTS.get(kind, "")
         if kind is InputErrorKind.TRANSIENT and server:
-            hint = (f"ddr retries transient errors (then the next --redirector, if any); if it keeps failing, "
-                    f"check {server}, or use --skip-bad-files to continue without the file")
+            hint = (f"ddr tries the next --redirector, if any, and retries transient errors with backoff; if it "
+                    f"keeps failing, check {server}, or use --skip-bad-files to continue without the file")
         return InputFailure(kind, description, hint, server)
 
     if isinstance(exc, BadInputError):
