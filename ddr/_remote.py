@@ -25,12 +25,16 @@ Timeouts
     XRootD client's retry window is set from it
     (:func:`vinecore._fetch.xrootd_settings`), so a dead server fails within
     seconds instead of about 480 s, and a restarted one is used again.
-Cache (``cache``)
-    ``auto`` (default): a remote file (url or LFN) is copied whole into the
-    node cache before its first chunk is read, when it fits in ``cache_size``;
-    larger ones are read in place; local paths are read in place.
-    ``always``: local paths too go through the cache (useful when they sit on
-    a slow network mount). ``never``: every file is read in place.
+Cache (``cache``), for remote files (urls and LFNs); local paths are always read in place
+    ``auto`` (default): a file the node cache has is read from there; a file
+    it lacks is read in place (only the bytes the analysis needs, so the first
+    results come as fast as without a cache) while the node downloads the
+    whole file in the background (:meth:`vinecore.NodeCache.prefetch`, in a
+    detached process, at most two at a time per node), for the next run.
+    Files larger than ``cache_size`` are not cached.
+    ``always``: a file is downloaded whole into the cache before its first
+    chunk is read (the run waits for the download; files larger than the
+    cache are read in place). ``never``: every file is read in place.
     A copy is keyed by the url (for an LFN, the LFN itself, whichever
     redirector served it) and the ROOT file's UUID. Before using a copy, each
     worker process checks the url's size and modification time (metadata
@@ -190,7 +194,7 @@ class Opened:
                 self.lease = None
 
 
-def _root_uuid(path: str) -> str:
+def root_uuid(path: str) -> str:
     """The ROOT file's UUID (identity of a cached copy), as uproot reports it."""
     import uproot
 
@@ -204,6 +208,7 @@ class RemoteReader:
     def __init__(self, options: RemoteOptions | None = None) -> None:
         self.options = options or RemoteOptions()
         self._down: dict[str, float] = {}  # server -> when it was last unreachable
+        self._prefetched: set[str] = set()  # keys this process asked the node to download
         self._configured = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -244,19 +249,27 @@ class RemoteReader:
     def _open_one(self, key: str, url: str, uproot_options: Mapping[str, Any]) -> Opened:
         import uproot
 
-        remote = is_remote(url)
         opt = self.options
+        if not is_remote(url):
+            return Opened(uproot.open({url: None}, **uproot_options), url, "local")
         options = {**opt.uproot_options(url), **uproot_options}
-        if opt.cache == "never" or (opt.cache == "auto" and not remote):
+        if opt.cache == "never":
             if url.startswith(("root://", "roots://")):
                 stat_url(url, opt.read_timeout)  # the XRootD status of a missing file or a dead server
-            return Opened(uproot.open({url: None}, **options), url, "remote" if remote else "local")
+            return Opened(uproot.open({url: None}, **options), url, "remote")
         cache = vinecore.node_cache(opt.cache_root, opt.cache_size, timeout=opt.read_timeout)
-        lease = cache.get(url, key=key if remote or is_lfn(key) else os.path.abspath(key), identify=_root_uuid)
-        if lease is None:  # does not fit in the cache: read in place
-            return Opened(uproot.open({url: None}, **options), url, "remote" if remote else "local")
+        if opt.cache == "always":
+            lease = cache.get(url, key=key, identify=root_uuid)
+        else:
+            st = stat_url(url, opt.read_timeout)  # metadata only; also the status of a missing file
+            lease = cache.lookup(url, key=key, stat=st)
+            if lease is None and key not in self._prefetched:
+                self._prefetched.add(key)
+                cache.prefetch(url, key=key, identify=f"{__name__}:root_uuid", stat=st)
+        if lease is None:  # not cached (yet), or larger than the cache: read in place
+            return Opened(uproot.open({url: None}, **options), url, "remote")
         if lease.downloaded:
-            vinecore.report_metric("bytes_remote" if remote else "bytes_local", lease.downloaded)
+            vinecore.report_metric("bytes_remote", lease.downloaded)
         try:
             file = uproot.open({lease.path: None}, **uproot_options)
         except BaseException:

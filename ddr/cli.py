@@ -92,8 +92,8 @@ def add_remote_arguments(p: argparse.ArgumentParser, *, cache: bool = True) -> N
                    help=f"bound on each connection and read of remote files (default {DEFAULT_READ_TIMEOUT:g})")
     if cache:
         p.add_argument("--cache", choices=CACHE_MODES, default="auto",
-                       help="node cache of remote files: auto (remote files that fit), always (local files too), "
-                            "never (default auto)")
+                       help="node cache of remote files: auto (read in place and fill the cache in the background "
+                            "for the next run; default), always (download each file before reading it), never")
         p.add_argument("--cache-dir", metavar="DIR", help="node cache folder (default ~/.cache/ddr)")
         p.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
                        help=f"node cache bound, e.g. 500M, 20G (default {DEFAULT_CACHE_SIZE}); least recently used "

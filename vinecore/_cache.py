@@ -8,6 +8,8 @@ content (ddr uses the ROOT file's UUID), or else the url's version stamp
 Layout of ``root`` (one per node, e.g. ``~/.cache/ddr``)::
 
     .lock                      held briefly while entries are added or evicted
+    .slot-<i>                  background downloads in progress (at most $VINECORE_CACHE_DOWNLOADS, default 2)
+    prefetch.log               one line per background download that failed
     url-<sha>/.fetch           held by the one process downloading this url; the others wait
     url-<sha>/<identity>       the content
     url-<sha>/<identity>.json  url, size, version stamp; its mtime is the entry's last use (LRU)
@@ -31,14 +33,24 @@ Policy
   full size). If it cannot fit (larger than the cache, or the cache is full of
   entries in use), nothing is written and ``get`` returns ``None``: the caller
   reads in place.
+* Two ways in: ``get`` downloads before returning (the caller waits);
+  ``prefetch`` starts the download in a detached process (``python -m
+  vinecore._cache``) and returns at once, so the caller can read the url in
+  place meanwhile. A prefetch outlives the worker that asked for it (it is
+  bounded by its timeouts), so a run that ends early still leaves the cache
+  filled for the next one. At most ``$VINECORE_CACHE_DOWNLOADS`` (default 2)
+  background downloads run at once on a node; the others wait for a slot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,7 +59,9 @@ from typing import Any, Callable, Iterator
 from ._fetch import RemoteStat, download, stat_url
 from ._files import url_cache_name
 
-__all__ = ["NodeCache", "Lease", "CacheEntry", "default_cache_dir", "parse_size"]
+__all__ = ["NodeCache", "Lease", "CacheEntry", "default_cache_dir", "parse_size", "PREFETCH_COMMAND"]
+
+PREFETCH_COMMAND = "vinecore._cache"  # ``python -m vinecore._cache fetch ...``: a background download
 
 _SUFFIXES = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
              "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
@@ -159,9 +173,35 @@ class NodeCache:
                 return lease
             return self._fetch(url, folder, st, identify)
 
+    def prefetch(self, url: str, *, key: str | None = None, identify: str | None = None,
+                 stat: RemoteStat | None = None) -> bool:
+        """Start downloading ``url`` in a detached process, unless it cannot fit or is being downloaded.
+
+        ``identify`` names a function ``"module:function"`` (path -> identity) imported
+        by that process. Returns whether a download was started. Failures go to
+        ``prefetch.log``; the url is then simply not cached.
+        """
+        folder = os.path.join(self.root, url_cache_name(key or url))
+        if stat is not None and stat.size > self.max_bytes:
+            return False
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, ".fetch"), "a+b") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another process of the node is downloading it
+            fcntl.flock(f, fcntl.LOCK_UN)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        subprocess.Popen([sys.executable, "-m", PREFETCH_COMMAND, "fetch", self.root, str(self.max_bytes),
+                          str(self.timeout), url, key or "", identify or ""],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True, env=env)
+        return True
+
     def lookup(self, url: str, *, key: str | None = None, identity: str | None = None,
                stat: RemoteStat | None = None) -> Lease | None:
-        """The leased copy of ``url`` if the cache has the current version; never downloads."""
+        """The leased copy of ``url`` if the cache has its current version; never downloads."""
         folder = os.path.join(self.root, url_cache_name(key or url))
         st = stat if stat is not None else stat_url(url, self.timeout)
         return self._lookup(folder, st, identity)
@@ -345,3 +385,50 @@ def _write_json(path: str, obj: dict[str, Any]) -> None:
 
 def _safe(identity: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in identity)[:120] or "content"
+
+
+# ------------------------------------------------------- background fetcher
+def _slot(root: str, slots: int) -> Any:
+    """Take one of ``slots`` download slots of the node (a locked file), waiting for one if all are busy."""
+    while True:
+        for i in range(slots):
+            f = open(os.path.join(root, f".slot-{i}"), "a+b")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return f
+            except BlockingIOError:
+                f.close()
+        time.sleep(0.1)
+
+
+def _resolve(spec: str) -> Callable[[str], str] | None:
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _fetch_main(argv: list[str]) -> int:
+    root, max_bytes, timeout, url, key, identify = argv
+    from ._fetch import apply_xrootd_settings
+
+    apply_xrootd_settings(float(timeout))
+    cache = NodeCache(root, int(max_bytes), timeout=float(timeout))
+    slot = _slot(cache.root, max(1, int(os.environ.get("VINECORE_CACHE_DOWNLOADS", "2"))))
+    try:
+        lease = cache.get(url, key=key or None, identify=_resolve(identify))
+        if lease is not None:
+            lease.release()
+        return 0
+    except Exception as exc:  # noqa: BLE001 - a background download that fails only leaves the url uncached
+        with contextlib.suppress(OSError), open(os.path.join(cache.root, "prefetch.log"), "a") as log:
+            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {url}: {type(exc).__name__}: {exc}\n")
+        return 1
+    finally:
+        slot.close()
+
+
+if __name__ == "__main__":  # python -m vinecore._cache fetch ROOT MAX_BYTES TIMEOUT URL KEY IDENTIFY
+    if len(sys.argv) != 8 or sys.argv[1] != "fetch":
+        sys.exit("usage: python -m vinecore._cache fetch ROOT MAX_BYTES TIMEOUT URL KEY MODULE:FUNCTION")
+    sys.exit(_fetch_main(sys.argv[2:]))

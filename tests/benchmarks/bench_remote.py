@@ -1,7 +1,7 @@
 """Remote input on loopback: local files vs root:// with a cold node cache vs a warm one (and read in place).
 
     python tests/benchmarks/bench_remote.py [--files 4] [--events-per-file 2000000] [--workers 2] [--repeats 3]
-                                            [--data-dir DIR] [--contenders local,cold,warm,in_place]
+                                            [--data-dir DIR] [--contenders local,cold,warm,in_place,always]
 
 The 8M-event narrow synthetic dataset (``datasets/generate.py``: 4 files x 2M events, 39 branches), served
 by a real ``xrootd`` (Debian's xrootd-server) on 127.0.0.1, the dimuon / ADL Q5 analysis
@@ -9,10 +9,13 @@ by a real ``xrootd`` (Debian's xrootd-server) on 127.0.0.1, the dimuon / ADL Q5 
 fresh worker processes (started inside the timed call, as in bench_throughput's "ddr").
 
 * ``local``: the files on local disk;
-* ``cold``: ``root://`` with ``cache="auto"`` and an empty node cache: every file is downloaded whole
-  into the cache before its chunks are read;
+* ``cold``: ``root://`` with ``cache="auto"`` and an empty node cache: files are read in place while
+  the node downloads them in the background (timed until the run's result; the downloads then finish
+  untimed, ``prefetch_tail_seconds``, before the next contender starts);
 * ``warm``: the same with the cache already filled by an earlier run (a re-run with a changed cut);
-* ``in_place``: ``root://`` with ``cache="never"`` (uproot's XRootD reader, ranged reads).
+* ``in_place``: ``root://`` with ``cache="never"`` (uproot's XRootD reader, ranged reads);
+* ``always``: ``root://`` with ``cache="always"`` and an empty cache: every file is downloaded whole
+  before its chunks are read.
 
 Each contender runs ``--repeats`` times; the median is reported with every sample, the machine's load
 average around each, and the bytes the server sent (its trace log). The mass histograms must agree.
@@ -97,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ddr import RemoteOptions
-    from tests.remote._servers import XRootDServer, make_data_dir, missing_reason
+    from tests.remote._servers import XRootDServer, make_data_dir, missing_reason, wait_for_prefetches
 
     why = missing_reason("xrootd", "xrootd-server")
     if why:
@@ -110,25 +113,34 @@ def main() -> None:
     server = XRootDServer(str(fileset.parent), str(work / "xrootd"), trace=True).start()
     try:
         remote = url_fileset(fileset, server.url, work / "remote.json")
+        def cold(mode: str) -> dict:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            return timed(remote, args.workers, RemoteOptions(cache=mode, cache_dir=str(cache_dir)))
+
         contenders = {
             "local": lambda: timed(fileset, args.workers),
-            "cold": lambda: (shutil.rmtree(cache_dir, ignore_errors=True),
-                             timed(remote, args.workers, RemoteOptions(cache="auto", cache_dir=str(cache_dir))))[1],
+            "cold": lambda: cold("auto"),
             "warm": lambda: timed(remote, args.workers, RemoteOptions(cache="auto", cache_dir=str(cache_dir))),
             "in_place": lambda: timed(remote, args.workers, RemoteOptions(cache="never")),
+            "always": lambda: cold("always"),
         }
         chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
         unknown = [c for c in chosen if c not in contenders]
         if unknown:
             sys.exit(f"bench_remote: unknown contenders {unknown}; choose from {sorted(contenders)}")
         if "warm" in chosen:  # fill the cache once, untimed
-            timed(remote, args.workers, RemoteOptions(cache="auto", cache_dir=str(cache_dir)))
+            timed(remote, args.workers, RemoteOptions(cache="always", cache_dir=str(cache_dir)))
         results: dict[str, dict] = {}
         reference = None
         for _ in range(args.repeats):  # interleaved, so that load changes hit every contender alike
             for name in chosen:
+                if name == "warm":  # another contender may have emptied the cache: fill it, untimed
+                    timed(remote, args.workers, RemoteOptions(cache="always", cache_dir=str(cache_dir)))
                 served0 = server.bytes_read()
                 r = contenders[name]()
+                t_tail = time.perf_counter()
+                wait_for_prefetches(str(cache_dir), timeout=600)  # background downloads end before the next
+                r["prefetch_tail"] = time.perf_counter() - t_tail
                 r["server_bytes"] = server.bytes_read() - served0
                 if reference is None:
                     reference = r["mass"]
@@ -146,6 +158,7 @@ def main() -> None:
                              "load_average_1min": [[round(r["load_before"], 2), round(r["load_after"], 2)]
                                                    for r in runs],
                              "server_bytes_per_run": [r["server_bytes"] for r in runs],
+                             "prefetch_tail_seconds": [round(r["prefetch_tail"], 2) for r in runs],
                              "bytes_read_per_run": runs[-1]["bytes_read"]}
         if "local" in summary:
             local = summary["local"]["median_seconds"]

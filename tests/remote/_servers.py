@@ -20,7 +20,8 @@ import subprocess
 import tempfile
 import time
 
-__all__ = ["free_port", "wait_for_port", "XRootDServer", "NginxServer", "make_data_dir", "missing_reason"]
+__all__ = ["free_port", "wait_for_port", "XRootDServer", "NginxServer", "make_data_dir", "missing_reason",
+           "prefetchers", "wait_for_prefetches"]
 
 _READ = re.compile(r"fh=\d+ read (\d+)@\d+")
 _READV = re.compile(r"fh=\d+ readV (\d+)@\d+")
@@ -53,6 +54,27 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what or 'server'} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
         time.sleep(0.02)
+
+
+def prefetchers(cache_root: str) -> list[int]:
+    """Pids of the background downloads (``python -m vinecore._cache fetch``) into ``cache_root``."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if "vinecore._cache" in cmd and str(cache_root) in cmd:
+            out.append(p.info["pid"])
+    return out
+
+
+def wait_for_prefetches(cache_root: str, timeout: float = 120.0) -> None:
+    """Wait until no background download into ``cache_root`` is running (they outlive ddr's workers)."""
+    deadline = time.monotonic() + timeout
+    while prefetchers(cache_root):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"background downloads into {cache_root} still running after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def make_data_dir(prefix: str = "ddr-remote-") -> str:

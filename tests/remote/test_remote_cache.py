@@ -181,3 +181,30 @@ def test_declared_urls_materialise_through_the_node_cache_and_tasks_report_metri
     assert outs[0].metrics == {"bytes": size + 1, "calls": 1} == outs[1].metrics
     wait_until(lambda: nginx.bytes_sent() - before >= size, 10, "log")
     assert nginx.bytes_sent() - before == size  # the second task used the node cache
+
+
+@pytest.mark.slow
+def test_prefetch_downloads_in_a_detached_process(nginx, xrootd, tmp_path):
+    from tests.remote._servers import prefetchers, wait_for_prefetches
+
+    root = tmp_path / "cache"
+    cache = NodeCache(root, "2M")
+    slow = nginx.url("slow/nano_tt_v12.root")  # ~5 s at 200 kB/s
+    t0 = time.monotonic()
+    assert cache.prefetch(slow, identify="ddr._remote:root_uuid")
+    assert time.monotonic() - t0 < 2  # returns at once
+    wait_until(lambda: list(root.glob("url-*/.part-*")), 60, "the download to start")
+    assert not cache.prefetch(slow)  # already being downloaded on this node
+    assert not cache.prefetch(xrootd.url("DYto2E.root"), stat=vinecore.stat_url(xrootd.url("DYto2E.root")))
+    assert cache.lookup(slow) is None  # not usable before it is complete
+    wait_for_prefetches(root)
+    with cache.lookup(slow) as lease:
+        assert sha(lease.path) == sha(SAMPLES / "nano_tt_v12.root")
+        import uproot
+
+        with uproot.open(str(SAMPLES / "nano_tt_v12.root")) as f:
+            assert lease.identity == str(f.file.uuid)  # named by the identify function, in that process
+    assert cache.prefetch(xrootd.url("nope.root"))  # fails in the background: logged, nothing cached
+    wait_for_prefetches(root)
+    assert "nope.root" in (root / "prefetch.log").read_text() and prefetchers(str(root)) == []
+    assert cache.lookup(slow) is not None and len(cache.entries()) == 1

@@ -13,7 +13,7 @@ from coffea.util import load
 
 from tests._helpers import assert_same, generate
 from tests.conftest import ANALYSES, DATASETS, SAMPLES
-from tests.remote._servers import free_port
+from tests.remote._servers import free_port, wait_for_prefetches
 from tests.remote.conftest import LFN_DIR, SAMPLE_FILES, samples_fileset
 
 pytestmark = [pytest.mark.remote, pytest.mark.slow]
@@ -37,6 +37,14 @@ def ddr_run(tmp_path, fileset, *args, name="run", env=None, timeout=280, wait=Tr
 
 def report(d):
     return json.loads((d / "report.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _no_download_left_running(tmp_path):
+    """--cache auto fills the cache in background processes that outlive the run: wait for them."""
+    yield
+    for folder in ("cache", "c"):
+        wait_for_prefetches(tmp_path / folder)
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +75,11 @@ def test_root_in_place_and_through_a_warm_cache(xrootd, tmp_path, local_result):
     rep = assert_equal_to_local(d, local_result)
     assert all(ds["bytes_read"]["remote"] > 0 and ds["bytes_read"]["cache"] == 0 for ds in rep["datasets"].values())
 
-    r, d = ddr_run(tmp_path, fileset, name="cold")  # --cache auto: whole files into the node cache
+    r, d = ddr_run(tmp_path, fileset, name="cold")  # --cache auto: read in place, cache filled meanwhile
     assert r.returncode == 0, r.stderr
     rep = assert_equal_to_local(d, local_result)
-    for ds, name in SAMPLE_FILES.items():
-        got = rep["datasets"][ds]["bytes_read"]
-        assert got["remote"] >= os.path.getsize(SAMPLES / name) and got["cache"] > 0, (ds, got)
+    assert all(ds["bytes_read"]["remote"] > 0 for ds in rep["datasets"].values())
+    wait_for_prefetches(tmp_path / "cache")  # the node's background downloads outlive the run
     cached = sorted(os.path.basename(m["url"]) for m in _cache_entries(tmp_path / "cache"))
     assert cached == sorted(SAMPLE_FILES.values())
 
@@ -132,6 +139,7 @@ def test_cache_stays_under_its_size(xrootd, tmp_path, local_result):
     r, d = ddr_run(tmp_path, fileset, "--cache-size", str(limit), "--workers", "1")
     assert r.returncode == 0, r.stderr
     rep = assert_equal_to_local(d, local_result)
+    wait_for_prefetches(tmp_path / "cache")
     total = sum(m["size"] for m in _cache_entries(tmp_path / "cache"))
     assert 0 < total <= limit
     assert rep["datasets"]["EGamma2023"]["bytes_read"]["cache"] == 0  # read in place
@@ -240,13 +248,15 @@ def test_preprocess_lfns_then_run_with_cache_always(xrootd, tmp_path, local_resu
     pre = json.loads(out.read_text())
     entry = pre["DYJetsToLL"]["files"][f"/{LFN_DIR}/nano_dy.root"]  # the name is kept, not made relative
     assert entry["num_entries"] == 40 and entry["uuid"]
-    # --cache always copies local files too; the cache then holds the four samples
-    r, d = ddr_run(tmp_path, DATASETS / "samples.json", "--cache", "always", name="always")
+    # --cache always: each file is downloaded whole before its chunks are read, and read from the cache
+    r, d = ddr_run(tmp_path, out, "--cache", "always", "--redirector", xrootd.address, name="always")
     assert r.returncode == 0, r.stderr
     rep = assert_equal_to_local(d, local_result)
-    assert sorted(os.path.basename(m["url"]) for m in _cache_entries(tmp_path / "cache")) == sorted(
-        SAMPLE_FILES.values())
-    assert all(ds["bytes_read"]["cache"] > 0 for ds in rep["datasets"].values())
+    entries = _cache_entries(tmp_path / "cache")
+    assert sorted(m["url"] for m in entries) == sorted(xrootd.url(f"{LFN_DIR}/{n}") for n in SAMPLE_FILES.values())
+    for ds, name in SAMPLE_FILES.items():
+        got = rep["datasets"][ds]["bytes_read"]
+        assert got["remote"] == os.path.getsize(SAMPLES / name) and got["cache"] > 0, (ds, got)
 
 
 def test_python_api_reads_remote_files(xrootd, tmp_path, local_result):
