@@ -233,7 +233,7 @@ class RemoteReader:
             self._configured = True
         if urls == [path]:  # no redirector involved: the error is the file's own
             return self._open_one(path, path, uproot_options)
-        attempts: list[tuple[str, BaseException, InputFailure]] = []
+        attempts: list[tuple[str, str, InputFailure]] = []
         for url in urls:
             try:
                 return self._open_one(path, url, uproot_options)

@@ -40,6 +40,8 @@ Policy
   bounded by its timeouts), so a run that ends early still leaves the cache
   filled for the next one. At most ``$VINECORE_CACHE_DOWNLOADS`` (default 2)
   background downloads run at once on a node; the others wait for a slot.
+  They run at the lowest CPU and I/O priority (nice 19, idle I/O class), so
+  that they use what the workers leave.
 """
 
 from __future__ import annotations
@@ -401,6 +403,16 @@ def _slot(root: str, slots: int) -> Any:
         time.sleep(0.1)
 
 
+def _background() -> None:
+    """Yield the CPU and the disk to the workers: filling the cache must not slow the run that asked for it."""
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    with contextlib.suppress(Exception):  # Linux only
+        import psutil
+
+        psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+
+
 def _resolve(spec: str) -> Callable[[str], str] | None:
     if not spec:
         return None
@@ -413,6 +425,7 @@ def _fetch_main(argv: list[str]) -> int:
     from ._fetch import apply_xrootd_settings
 
     apply_xrootd_settings(float(timeout))
+    _background()
     cache = NodeCache(root, int(max_bytes), timeout=float(timeout))
     slot = _slot(cache.root, max(1, int(os.environ.get("VINECORE_CACHE_DOWNLOADS", "2"))))
     try:

@@ -25,7 +25,7 @@ __all__ = ["free_port", "wait_for_port", "XRootDServer", "NginxServer", "make_da
 
 _READ = re.compile(r"fh=\d+ read (\d+)@\d+")
 _READV = re.compile(r"fh=\d+ readV (\d+)@\d+")
-_PGREAD = re.compile(r"fh=\d+ pgread (\d+)@\d+")
+_PGREAD = re.compile(r" pgread (\d+)@\d+")
 
 
 def missing_reason(binary: str, package: str) -> str | None:
