@@ -244,6 +244,7 @@ class NanoEventsOpener:
         with self._lock:
             while self._files:
                 self._evict(next(iter(self._files)))
+            self._reader.close()
         if self.freeze_gc:
             gc.unfreeze()
 

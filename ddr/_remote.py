@@ -27,11 +27,13 @@ Timeouts
     seconds instead of about 480 s, and a restarted one is used again.
 Cache (``cache``), for remote files (urls and LFNs); local paths are always read in place
     ``auto`` (default): a file the node cache has is read from there; a file
-    it lacks is read in place (only the bytes the analysis needs, so the first
-    results come as fast as without a cache) while the node downloads the
-    whole file in the background (:meth:`vinecore.NodeCache.prefetch`, in a
-    detached process, at most two at a time per node), for the next run.
-    Files larger than ``cache_size`` are not cached.
+    it lacks is read in place (only the bytes the analysis needs, so the run
+    is as fast as without a cache), and the node downloads the whole file in
+    the background once the run has ended there (:meth:`vinecore.NodeCache.prefetch`
+    in a detached process, at most two at a time per node, after every
+    worker of the node closed its files: downloading during the run would
+    take CPU and bandwidth from it), for the next run. Files larger than
+    ``cache_size`` are not cached.
     ``always``: a file is downloaded whole into the cache before its first
     chunk is read (the run waits for the download; files larger than the
     cache are read in place). ``never``: every file is read in place.
@@ -209,6 +211,7 @@ class RemoteReader:
         self.options = options or RemoteOptions()
         self._down: dict[str, float] = {}  # server -> when it was last unreachable
         self._prefetched: set[str] = set()  # keys this process asked the node to download
+        self._reading: Any = None  # NodeCache.reading() while this reader may read urls in place
         self._configured = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -216,6 +219,12 @@ class RemoteReader:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["options"])
+
+    def close(self) -> None:
+        """The run is over here: background downloads may start (see ``cache``)."""
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading.release()
 
     def mark_down(self, url: str) -> None:
         self._down[server_of(url)] = time.monotonic()
@@ -261,11 +270,13 @@ class RemoteReader:
         if opt.cache == "always":
             lease = cache.get(url, key=key, identify=root_uuid)
         else:
+            if self._reading is None:
+                self._reading = cache.reading()
             st = stat_url(url, opt.read_timeout)  # metadata only; also the status of a missing file
             lease = cache.lookup(url, key=key, stat=st)
             if lease is None and key not in self._prefetched:
                 self._prefetched.add(key)
-                cache.prefetch(url, key=key, identify=f"{__name__}:root_uuid", stat=st)
+                cache.prefetch(url, key=key, identify=f"{__name__}:root_uuid", stat=st, after_readers=True)
         if lease is None:  # not cached (yet), or larger than the cache: read in place
             return Opened(uproot.open({url: None}, **options), url, "remote")
         if lease.downloaded:

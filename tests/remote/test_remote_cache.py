@@ -208,3 +208,20 @@ def test_prefetch_downloads_in_a_detached_process(nginx, xrootd, tmp_path):
     wait_for_prefetches(root)
     assert "nope.root" in (root / "prefetch.log").read_text() and prefetchers(str(root)) == []
     assert cache.lookup(slow) is not None and len(cache.entries()) == 1
+
+
+@pytest.mark.slow
+def test_prefetch_after_readers_waits_for_the_run_to_end(xrootd, tmp_path):
+    from tests.remote._servers import prefetchers, wait_for_prefetches
+
+    root = tmp_path / "cache"
+    cache = NodeCache(root, "10M")
+    reading = cache.reading()  # a worker of this node is reading in place
+    waits, runs = xrootd.url("nano_dy.root"), xrootd.url("nano_dimuon.root")
+    assert cache.prefetch(waits, after_readers=True) and cache.prefetch(runs)
+    wait_until(lambda: cache.lookup(runs) is not None, 60, "the immediate prefetch")
+    wait_until(lambda: len(prefetchers(str(root))) == 1, 60, "the immediate prefetch to exit")
+    assert cache.lookup(waits) is None and list(root.glob("url-*/.part-*")) == []  # started together, still waits
+    reading.release()  # the run ended
+    wait_for_prefetches(root)
+    assert cache.lookup(waits) is not None
