@@ -27,7 +27,16 @@ notebook's, keep printing where they did). Tasks with sandbox files
 the working directory to be the sandbox while they run.
 Measurement
     wall time, cpu time, and peak RSS from the kernel's high-water mark
-    (``VmHWM``, reset before each task through ``/proc/self/clear_refs``).
+    (``VmHWM``, reset before each task through ``/proc/self/clear_refs``),
+    plus whatever the task reports with :func:`report_metric` (numbers added
+    up per name, carried in the outcome as ``metrics``).
+Declared urls
+    are materialised through the node cache (:mod:`vinecore._cache`), under
+    ``$VINECORE_CACHE_DIR`` (default ``~/.cache/vinecore``), at most
+    ``$VINECORE_CACHE_SIZE`` (default 10G), network operations bounded by
+    ``$VINECORE_READ_TIMEOUT`` seconds (default 60); a url too large for the
+    cache is downloaded into the run's store instead. The copy stays leased
+    (not evictable) until the task ends.
 """
 
 from __future__ import annotations
@@ -42,7 +51,6 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +58,7 @@ from . import _serialize
 from ._events import Result
 
 __all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context",
-           "load_variable_from_library", "current_worker"]
+           "load_variable_from_library", "current_worker", "report_metric", "node_cache"]
 
 _MB = 1024 * 1024
 
@@ -86,6 +94,7 @@ class Outcome:
     peak_rss: float  # MB
     worker_id: str = ""
     output_size: int = 0  # bytes of the pickled return value (kept as a temp or sent back)
+    metrics: dict[str, float] | None = None  # what the task reported with report_metric()
 
 
 class DirStore:
@@ -155,9 +164,19 @@ class DirStore:
         if kind == "buffer":
             self.put(cache_name, source)
         elif kind == "url":
+            lease = node_cache().get(source)
+            if lease is not None:
+                rt = _current
+                if rt is not None:
+                    rt._leases.append(lease)  # released when the task ends
+                else:
+                    lease.release()
+                return lease.path
+            from ._fetch import download
+
             tmp = path + f".{os.getpid()}.part"
-            with urllib.request.urlopen(source, timeout=60) as r, open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f)
+            with open(tmp, "wb") as f:
+                download(source, f, float(os.environ.get("VINECORE_READ_TIMEOUT", "60")))
             os.replace(tmp, path)
         elif kind == "temp":
             self.get(cache_name)  # raises a clear error when absent
@@ -170,6 +189,34 @@ class _TimeLimit(BaseException):
 
 _current: WorkerRuntime | None = None
 _current_library: str | None = None
+_metrics_lock = threading.Lock()
+_node_caches: dict[tuple[str, int], Any] = {}
+
+
+def node_cache(root: str | None = None, max_bytes: int | str | None = None, *, timeout: float | None = None) -> Any:
+    """This process's :class:`~vinecore._cache.NodeCache` for ``root`` (default from the environment, see above)."""
+    from ._cache import NodeCache, default_cache_dir, parse_size
+
+    root = os.path.abspath(os.path.expanduser(root or os.environ.get("VINECORE_CACHE_DIR") or default_cache_dir()))
+    size = parse_size(max_bytes if max_bytes is not None else os.environ.get("VINECORE_CACHE_SIZE", "10G"))
+    cache = _node_caches.get((root, size))
+    if cache is None:
+        cache = _node_caches[(root, size)] = NodeCache(root, size)
+    cache.timeout = timeout if timeout is not None else float(os.environ.get("VINECORE_READ_TIMEOUT", "60"))
+    return cache
+
+
+def report_metric(name: str, value: float) -> None:
+    """Add ``value`` to the metric ``name`` of the task running in this process (any thread).
+
+    The sums come back with the task (``Task.metrics`` on the manager). Outside
+    a task this does nothing, so library code may report unconditionally.
+    """
+    rt = _current
+    if rt is None or rt._metrics is None:
+        return
+    with _metrics_lock:
+        rt._metrics[name] = rt._metrics.get(name, 0) + value
 
 
 def current_worker() -> "WorkerRuntime | None":
@@ -246,6 +293,8 @@ class WorkerRuntime:
         self.contexts: dict[str, Any] = {}
         self.library_errors: dict[str, str] = {}
         self.context_builds: dict[str, int] = {}
+        self._metrics: dict[str, float] | None = None  # of the task running now
+        self._leases: list[Any] = []  # node cache copies the running task uses
 
     # -------------------------------------------------------------- libraries
     def install_library(self, name: str, payload: bytes) -> None:
@@ -304,6 +353,7 @@ class WorkerRuntime:
         c0 = time.process_time()
         prev, _current = _current, self
         prev_lib, _current_library = _current_library, spec.library
+        prev_metrics, self._metrics = self._metrics, {}
         try:
             with _capture_output(buf, whole_process=self.isolated):
                 try:
@@ -360,6 +410,9 @@ class WorkerRuntime:
                 os.chdir(old_cwd)
             if sandbox:
                 shutil.rmtree(sandbox, ignore_errors=True)
+            while self._leases:
+                self._leases.pop().release()
+            metrics, self._metrics = self._metrics, prev_metrics
             _current, _current_library = prev, prev_lib
         wall = time.perf_counter() - t0
         cpu = time.process_time() - c0
@@ -375,7 +428,7 @@ class WorkerRuntime:
                 output = _serialize.exception_payload(TimeoutError(
                     f"task {spec.task_id} ran {wall:.2f} s, over its time_max of {spec.time_max} s"))
         return Outcome(spec.task_id, result, output, buf.getvalue(), wall, cpu, grew, peak / 1024,
-                       self.worker_id, output_size if result is Result.SUCCESS else 0)
+                       self.worker_id, output_size if result is Result.SUCCESS else 0, metrics or None)
 
     def _load(self, spec: TaskSpec):
         fn, args, kwargs = _serialize.loads(spec.payload)

@@ -17,7 +17,9 @@ How the TaskVine model lands on dask
       slots' cores and memory used for packing.
     * placement: the vinecore state machine picks the worker; the attempt is
       submitted pinned to it (``workers=[address]``). Restrictions are loose so
-      that dask may recompute a lost result elsewhere.
+      that dask may recompute a lost result elsewhere. Workers report their
+      host as their node, so a task prefers the workers of a node whose file
+      cache holds its input (``Task.set_locality``).
     * temps: the attempt's dask future holds the temps it produced (in the dask
       worker's memory, spilled by dask as usual); consumers take it as a
       dependency, so dask moves the bytes worker to worker. A lost temp is
@@ -187,7 +189,8 @@ class DaskEngine:
                 self._slots[wid] = (addr, i)
                 ids.append(wid)
                 events.append(WorkerJoined(wid, cores=max(1, cores // n),
-                                           memory=int(mem) // n if mem else None, slots=1))
+                                           memory=int(mem) // n if mem else None, slots=1,
+                                           node=w.get("host") or addr.split("://")[-1].rsplit(":", 1)[0]))
             self._addresses[addr] = ids
         return events
 
