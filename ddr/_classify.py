@@ -6,8 +6,9 @@ the fix and the server involved; ``ddr/exceptions.py`` has the table of kinds
 and what ddr does with each. Two kinds are not the file's fault and are never
 reported as bad input: ``setup`` (a package missing on the workers, a full
 disk: the run stops with :class:`~ddr.exceptions.WorkerSetupError`, also under
-``--skip-bad-files``) and ``resource`` (out of memory, anywhere in the chain of
-causes: the chunk is split, as for any resource exhaustion).
+``--skip-bad-files``) and ``resource`` (out of memory, however a library
+reported it: the error propagates unwrapped, vinecore ends the task as resource
+exhaustion and the chunk is split).
 """
 
 from __future__ import annotations
@@ -157,16 +158,11 @@ def _server_of(exc: BaseException, path: str | None) -> str | None:
 
 
 def out_of_memory(exc: BaseException) -> bool:
-    """Did ``exc`` come from running out of memory? ``MemoryError`` or ``ENOMEM``, on it or on its causes
-    (a library that wraps the error it met keeps it as ``__cause__``/``__context__``)."""
-    e: BaseException | None = exc
-    for _ in range(6):
-        if e is None:
-            return False
-        if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    """Did ``exc`` come from running out of memory? (:func:`vinecore.is_out_of_memory`: a ``MemoryError``,
+    ``ENOMEM``, a thread whose stack could not be mapped, raised or among the causes.)"""
+    from vinecore import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 def classify_input(exc: BaseException, path: str | None = None) -> InputFailure:

@@ -126,6 +126,20 @@ def _is_read_error(exc: BaseException) -> bool:
 
 
 # ------------------------------------------------------------ opening files
+def _start_io_thread() -> None:
+    """Start fsspec's I/O thread (uproot reads through it) now, while the library context is built.
+
+    It is started lazily by the first read otherwise, which runs under the task's memory limit: under
+    a tight ``--memory`` its stack cannot be mapped ("can't start new thread", resource exhaustion),
+    and fsspec then keeps a loop that never runs, so every later read of the process would hang."""
+    try:
+        import fsspec.asyn
+
+        fsspec.asyn.get_loop()
+    except Exception:  # noqa: BLE001 - an fsspec without get_loop: uproot starts what it needs itself
+        pass
+
+
 def _open(reader: RemoteReader, path: str, options: Mapping[str, Any]) -> Opened:
     # Every chunk's baskets are read once, so uproot's per-file array cache (100 MB each) only costs:
     # filling it grew workers by ~100 MB per file and made the dimuon analysis 25 % slower.
@@ -243,6 +257,7 @@ class NanoEventsOpener:
         state.setdefault("remote", RemoteOptions())
         self.__dict__.update(state)
         self._reset()
+        _start_io_thread()
 
     def statistics(self) -> OpenerStatistics:
         return OpenerStatistics(self.opens, self.schemas_built, self.chunks, len(self._files))

@@ -44,8 +44,8 @@ corrupt    a short read of a local file (truncated), zlib and          stop or s
 setup      ImportError; ENOSPC/EDQUOT (a full disk on the worker)      stop (WorkerSetupError), also
                                                                        with --skip-bad-files: "pip
                                                                        install <package>", free space
-resource   MemoryError or ENOMEM, raised or among the causes           not bad input: the chunk is
-                                                                       split (resource exhaustion)
+resource   MemoryError, ENOMEM, a thread that cannot start, raised or  not bad input: the chunk is
+           among the causes (vinecore.is_out_of_memory)                split (resource exhaustion)
 =========  ==========================================================  ===========================
 
 Every error keeps its attributes through pickling, because errors raised on a

@@ -26,7 +26,8 @@ from ._files import File
 from ._manager import Manager, ManagerState, Statistics
 from ._cache import Lease, NodeCache, default_cache_dir, parse_size
 from ._fetch import RemoteFileError, RemoteStat, apply_xrootd_settings, server_of, stat_url
-from ._runtime import current_worker, library_context, load_variable_from_library, node_cache, report_metric
+from ._runtime import (current_worker, is_out_of_memory, library_context, load_variable_from_library, node_cache,
+                       report_metric)
 from ._tasks import FunctionCall, Library, PythonTask, ResourcesMeasured, Task
 from .exceptions import (
     EngineError,
@@ -66,6 +67,7 @@ __all__ = [
     "apply_xrootd_settings",
     "current_worker",
     "default_cache_dir",
+    "is_out_of_memory",
     "library_context",
     "load_variable_from_library",
     "node_cache",

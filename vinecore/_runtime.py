@@ -9,7 +9,10 @@ Enforcement, per attempt
       lowered to the process's current virtual size plus the task's
       allocation, so an oversized allocation raises ``MemoryError`` inside the
       task, which ends it as ``resource exhaustion`` while the process, its
-      library contexts and its store survive. The limit is restored
+      library contexts and its store survive. So does any error that comes
+      from running out of memory, however a library wrapped it
+      (:func:`is_out_of_memory`: ``ENOMEM``, a thread whose stack could not
+      be mapped, a ``MemoryError`` among the causes). The limit is restored
       afterwards. A task whose measured peak resident memory grew by more than
       its allocation is also reported as exhausted (allocations that dodged
       the address-space limit; in-process, this is the only check).
@@ -42,6 +45,7 @@ Declared urls
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import resource
@@ -57,7 +61,7 @@ from typing import Any
 from . import _serialize
 from ._events import Result
 
-__all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context",
+__all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context", "is_out_of_memory",
            "load_variable_from_library", "current_worker", "report_metric", "node_cache"]
 
 _MB = 1024 * 1024
@@ -217,6 +221,41 @@ def report_metric(name: str, value: float) -> None:
         return
     with _metrics_lock:
         rt._metrics[name] = rt._metrics.get(name, 0) + value
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Did ``exc`` come from running out of memory (or under a task's address-space limit)?
+
+    True for a ``MemoryError``, an ``OSError`` with ``ENOMEM``, and a thread that could not be
+    started (its stack could not be mapped: ``RuntimeError: can't start new thread``, told by the
+    frame that raised it, ``threading.Thread.start``), whether raised or among the causes and
+    contexts of what was raised (libraries wrap what they meet: uproot's first read starts
+    fsspec's I/O thread, and a reader wraps the failure in an input error).
+    """
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None:
+            return False
+        if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
+            return True
+        if isinstance(e, RuntimeError) and _raised_by_thread_start(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _raised_by_thread_start(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if code.co_name != "start" or os.path.basename(code.co_filename) != "threading.py":
+        return False
+    thread = tb.tb_frame.f_locals.get("self")  # a thread that never started ("started once" is a misuse)
+    started = getattr(thread, "_started", None)
+    return bool(getattr(thread, "_initialized", False)) and started is not None and not started.is_set()
 
 
 def current_worker() -> "WorkerRuntime | None":
@@ -398,7 +437,9 @@ class WorkerRuntime:
                     output = _serialize.exception_payload(
                         TimeoutError(f"task {spec.task_id} ran over its time_max of {spec.time_max} s"))
                 except BaseException as exc:  # noqa: BLE001 - the task's failure is its result
-                    result, output = Result.EXCEPTION, _serialize.exception_payload(exc)
+                    # out of memory however a library reports it (see is_out_of_memory): exhaustion too
+                    result = Result.RESOURCE_EXHAUSTION if is_out_of_memory(exc) else Result.EXCEPTION
+                    output = _serialize.exception_payload(exc)
                     traceback.print_exc()
         finally:
             if alarm:

@@ -51,6 +51,20 @@ def test_own_open_files_come_before_the_nodes_cache():
     assert dispatched(acts) == [({"f1": 3, "f2": 4}[mine], "a1")]
 
 
+def test_task_group_affinity_and_node_preference_work_together():
+    """A consumer that becomes ready goes to the free worker that ran its key (task-group affinity);
+    when that worker is busy, a free worker of the same node takes the key's task before older work,
+    and a worker of another node keeps FIFO order."""
+    s = Scheduler()
+    s.handle(WorkerJoined("a0", node="A"))
+    assert dispatched(s.handle(TaskSubmitted(1, cores=1, outputs=("t1",), locality="f"))) == [(1, "a0")]
+    s.handle(WorkerJoined("a1", node="A"), WorkerJoined("b0", node="B"))
+    s.handle(TaskSubmitted(2, cores=1, inputs=("t1",), temps=("t1",), locality="f"))
+    assert dispatched(s.handle(TaskFinished(1, "a0", Result.SUCCESS))) == [(2, "a0")]  # affinity, a1/b0 idle
+    acts = s.handle(TaskSubmitted(4, cores=1, locality="x"), TaskSubmitted(5, cores=1, locality="f"))
+    assert sorted(dispatched(acts)) == [(4, "b0"), (5, "a1")]  # a0 busy: its node's other worker takes f
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_dask_workers_report_their_host_as_node(tmp_path):
