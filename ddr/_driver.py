@@ -46,6 +46,9 @@ from .exceptions import BadInputError, ChunkResourceError, DDRError, ProcessorEr
 
 __all__ = ["Driver", "DatasetProgress", "RunOptions", "pickle_job"]
 
+# task categories, as the transactions log and vinecore's per-category statistics show them
+_CATEGORIES = {Kind.PROCESS: "processing", Kind.COUNT: "count", Kind.ACCUMULATE: "accumulating"}
+
 _OUTCOMES = {
     "resource exhaustion": Outcome.EXHAUSTED,
     "max wall time": Outcome.TIMED_OUT,
@@ -246,7 +249,7 @@ class Driver:
             t.set_cores(1)
         if self.opt.memory and a.kind is not Kind.COUNT:
             t.set_memory(self.opt.memory)
-        t.set_category(a.kind.value)
+        t.set_category(_CATEGORIES[a.kind])
         t.set_priority(a.priority)
         if a.locality is not None:
             t.set_locality(a.locality)
@@ -294,6 +297,10 @@ class Driver:
         if outcome is Outcome.SETUP:
             return _setup_error(err, self.m.run_dir)
         if sub.kind is Kind.ACCUMULATE:
+            if isinstance(err, vinecore.TempLostError):
+                return DDRError(f"dataset {sub.dataset!r}: a partial result was lost with every worker that held "
+                                f"a copy of it ({err}); the events it covered are missing from this run. Run it "
+                                "again (with --resume if checkpoints were on) to redo them")
             if outcome is Outcome.ERROR:
                 return ReducerError(str(err), sub.dataset, getattr(err, "remote_traceback", ""))
             return DDRError(f"dataset {sub.dataset!r}: merging {len(sub.inputs)} partial results ended with "

@@ -34,6 +34,7 @@ from .exceptions import (
     FileFetchError,
     ManagerClosedError,
     TaskSubmissionError,
+    TempLostError,
     UnsatisfiableTaskError,
     VinecoreError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "Task",
     "TaskState",
     "TaskSubmissionError",
+    "TempLostError",
     "UnsatisfiableTaskError",
     "VinecoreError",
     "associative",

@@ -13,7 +13,6 @@
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from coffea import processor

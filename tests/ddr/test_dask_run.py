@@ -18,6 +18,7 @@ from distributed import Client
 
 from tests._helpers import assert_same, generate
 from tests.conftest import ANALYSES, DATASETS
+from vinecore.engines._dask_plugin import held_temps
 from vinecore.testing import DaskProcesses
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -54,6 +55,8 @@ def test_local_and_dask_give_identical_output(tmp_path):
     assert _events(rl) == _events(rd)
     assert all(done == expected and complete for done, expected, complete in _events(rd).values())
     assert sum(r["chunks_done"] for r in rd["datasets"].values()) > 4  # several chunks, so accumulations ran
+    # the bytes each task read travel back from the library processes beside the dask workers too
+    assert all(r["bytes_read"]["local"] > 0 and r["bytes_read"]["remote"] == 0 for r in rd["datasets"].values())
 
 
 def test_sigkill_of_a_dask_worker_holding_partials(tmp_path):
@@ -71,14 +74,13 @@ def test_sigkill_of_a_dask_worker_holding_partials(tmp_path):
         with Client(cluster.address) as client:
             deadline = time.monotonic() + 120
             while killed is None and run.poll() is None and time.monotonic() < deadline:
-                held = {addr: [k for k in keys if str(k).startswith("vinecore-") and "-outcome" not in str(k)]
-                        for addr, keys in client.has_what().items()}
+                held = client.run(held_temps)  # temps held by the vinecore agent on each worker
                 # kill once both workers hold partial results (temps of finished attempts)
-                if len(held) == 2 and all(len(v) >= 2 for v in held.values()):
+                if len(held) == 2 and all(n >= 2 for n in held.values()):
                     victim = sorted(held)[0]
                     pid = client.run(os.getpid, workers=[victim])[victim]
                     os.kill(pid, signal.SIGKILL)
-                    killed = (victim, len(held[victim]))
+                    killed = (victim, held[victim])
                 time.sleep(0.05)
         out, err = run.communicate(timeout=600)
     assert killed is not None, "the run ended before a worker could be killed; make it longer"

@@ -152,7 +152,7 @@ def test_a_failing_merge_stops_once_and_names_the_key(tmp_path):
         job.compute()
     assert "'mass'" in str(err.value) and "'ds'" in str(err.value), err.value
     with open(tmp_path / "run" / "transactions.jsonl") as f:
-        merges = [json.loads(line) for line in f if '"category": "accumulate"' in line and '"state": "result"' in line]
+        merges = [json.loads(line) for line in f if '"category": "accumulating"' in line and '"state": "result"' in line]
     assert merges and all(m["attempts"] == 1 for m in merges), merges  # not retried: it cannot get better
 
 

@@ -184,11 +184,11 @@ def wait_for_transaction(rundir, predicate, proc, timeout=120.0):
 
 
 def processed(rec):
-    return rec.get("category") == "process" and rec.get("state") == "result" and rec.get("detail") == "success"
+    return rec.get("category") == "processing" and rec.get("state") == "result" and rec.get("detail") == "success"
 
 
 def failed(rec):
-    return rec.get("category") == "process" and rec.get("state") == "result" and rec.get("detail") == "exception"
+    return rec.get("category") == "processing" and rec.get("state") == "result" and rec.get("detail") == "exception"
 
 
 def test_server_restarted_mid_run_gives_the_exact_event_count(own_xrootd, generated, tmp_path):

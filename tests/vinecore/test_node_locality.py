@@ -87,6 +87,6 @@ def test_dask_workers_report_their_host_as_node(tmp_path):
             joined = [e for e in engine.start() if isinstance(e, WorkerJoined)]
         finally:
             engine.close()
-    assert sorted(e.node for e in joined) == ["127.0.0.1", "127.0.0.2"]
+    assert sorted({e.node for e in joined}) == ["127.0.0.1", "127.0.0.2"]  # (several queue positions each)
     for e in joined:
         assert e.worker_id.startswith(f"tcp://{e.node}:")
