@@ -85,7 +85,9 @@ def test_dead_xrootd_server_fails_in_seconds_and_is_transient():
     for e in (stat, exc):
         f = classify_input(e, url)
         assert f.kind is K.TRANSIENT and f.server == url.rsplit("//", 1)[0], (e, f)
-    assert stat.status == 108  # XRootD's errConnectionError
+    # XRootD's errConnectionError, or errOperationExpired when the request timeout (also 5 s) ends first:
+    # which of the client's two timers fires first is a race on a loaded machine; both mean "server down"
+    assert stat.status in (108, 206), stat
 
 
 def test_dead_http_server_is_transient():
