@@ -8,6 +8,7 @@ Layers (datasets -> plan -> tasks -> engine -> reduce)::
     _planner    per-dataset planners: lazy work, counting, sizing, resume gaps, splits, retries
     _reduction  the reduction core: a pure state machine (events in, actions out)
     _worker     the run's vinecore library: process / accumulate / count on workers
+    _remote     urls, /store/ names through redirectors, read timeouts, the node cache of remote files
     _coffea     worker side for coffea: NanoEvents with cached open files, processors, errors
     _reducers   default reducer: coffea's accumulate semantics
     _ledger     exactly-once accounting of what each partial covers; what is missing
@@ -34,15 +35,18 @@ from ._datasets import Dataset, FileSpec, load_fileset, write_fileset
 from ._driver import DatasetProgress
 from ._planning import Chunk
 from ._reducers import accumulate_pair
+from ._remote import RemoteOptions
 from .exceptions import (
     BadInputError,
     ChunkResourceError,
     DatasetNotFound,
     DDRError,
     FilesetError,
+    InputErrorKind,
     ProcessorError,
     ReducerError,
     TreeNotFound,
+    classify_input,
 )
 
 __all__ = [
@@ -57,14 +61,17 @@ __all__ = [
     "DynamicDataReduction",
     "FileSpec",
     "FilesetError",
+    "InputErrorKind",
     "MergeError",
     "MergeResult",
     "OverlapError",
     "ProcessorError",
     "ReducerError",
+    "RemoteOptions",
     "RunHandle",
     "TreeNotFound",
     "accumulate_pair",
+    "classify_input",
     "load_fileset",
     "merge",
     "plot",

@@ -234,6 +234,10 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
     a dask graph computed on the worker, see :mod:`ddr._daskmode`). The
     default ``"auto"`` picks ``"dask"`` when the processors' code uses
     dask-awkward or hist.dask, ``"virtual"`` otherwise.
+
+    ``remote`` (a :class:`ddr.RemoteOptions` or a dict of its fields) sets
+    redirectors for ``/store/...`` names, the read timeout and the node cache
+    of remote files (see :mod:`ddr._remote`).
     """
 
     def __init__(self, fileset: Any, processors: Any, *, schema: Any = "NanoAOD", chunk_size: int | None = None,
@@ -241,7 +245,7 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
                  uproot_options: Mapping[str, Any] | None = None, mode: str | None = "auto",
                  reducer: Callable[[Any, Any], Any] | None = None, min_split: int = 1,
                  checkpoint_every: float | None = None, resume: bool = False, fingerprint_extra: str = "",
-                 **kwargs: Any) -> None:
+                 remote: Any = None, **kwargs: Any) -> None:
         from ._coffea import NanoEventsOpener
         from ._daskmode import resolve_mode
 
@@ -250,7 +254,8 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
         self.datasets: dict[str, Dataset] = load_fileset(fileset) if not isinstance(fileset, Mapping) or not all(
             isinstance(v, Dataset) for v in fileset.values()) else dict(fileset)
         metadata = {name: dict(ds.metadata) for name, ds in self.datasets.items()}
-        opener = NanoEventsOpener(schema, mode=mode, uproot_options=dict(uproot_options or {}), metadata=metadata)
+        opener = NanoEventsOpener(schema, mode=mode, uproot_options=dict(uproot_options or {}), metadata=metadata,
+                                  remote=remote)  # urls, redirectors, timeouts, node cache: ddr._remote
         super().__init__(self.datasets, processors, postprocess=opener, reducer=reducer, **kwargs)
         self.options.min_split = min_split
         self.chunk_size = chunk_size

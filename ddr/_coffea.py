@@ -23,13 +23,22 @@ whole run, so its caches persist from chunk to chunk:
   (0.1 s per new file with a few wide files open, measured), and closed
   files are few between two collections.
 
+Files are opened through a :class:`~ddr._remote.RemoteReader`: urls,
+CMS logical file names through redirectors, bounded timeouts and the node
+cache (``remote=``, see :mod:`ddr._remote`). The bytes each task reads are
+reported with ``vinecore.report_metric`` as ``bytes_remote`` (read from a
+server, including downloads into the cache), ``bytes_cache`` and
+``bytes_local``.
+
 Errors met while opening or reading input become
 :class:`~ddr.exceptions.BadInputError` (with dataset, file, tree, entry
-range, cause, and whether retrying can help: :func:`classify_error`).
-Errors raised by the processor itself propagate unchanged; the driver wraps
-them. A read error that surfaces inside the processor (virtual arrays load
-lazily) is told apart by its traceback, which passes through coffea's column
-mapping.
+range, cause, kind and server: :func:`~ddr.exceptions.classify_input`),
+except ``MemoryError``, which is a resource limit and propagates (the chunk
+is split). Errors raised by the processor itself propagate unchanged; the
+driver wraps them. A read error that surfaces inside the processor (virtual
+arrays load lazily) is told apart by its traceback, which passes through
+coffea's column mapping; the file is then closed (and its server tried last
+by the next attempt, if it was unreachable).
 """
 
 from __future__ import annotations
@@ -44,7 +53,9 @@ from typing import Any, Callable
 
 from ._planning import Chunk
 from ._reducers import accumulate_pair, reduce_all
-from .exceptions import BadInputError, TreeNotFound, classify_input_error, format_names, nearest
+from ._remote import Opened, RemoteOptions, RemoteReader
+from .exceptions import (BadInputError, InputErrorKind, TreeNotFound, classify_input, classify_input_error,
+                         format_names, nearest)
 
 __all__ = ["SCHEMAS", "resolve_schema", "NanoEventsOpener", "OpenerStatistics", "count_entries", "run_processor",
            "call_processor", "compute_leaves", "process_chunk", "classify_error"]
@@ -86,11 +97,22 @@ def _cause(exc: BaseException) -> str:
 
 
 def _bad_input(exc: BaseException, dataset: str | None, path: str, tree: str | None, start: int | None,
-               stop: int | None, doing: str) -> BadInputError:
+               stop: int | None, doing: str, url: str | None = None) -> BaseException:
+    """The BadInputError for ``exc``, or ``exc`` itself when it is not bad input (MemoryError)."""
     if isinstance(exc, BadInputError):
         return exc
-    permanent, desc = classify_error(exc)
-    return BadInputError(dataset, path, tree, start, stop, _cause(exc), permanent, what=f"{doing}: {desc}")
+    f = classify_input(exc, url or path)
+    if f.kind is InputErrorKind.RESOURCE:
+        return exc
+    return BadInputError(dataset, path, tree, start, stop, _cause(exc), f.permanent, f.hint,
+                         what=f"{doing}: {f.description}", kind=f.kind.value, server=f.server)
+
+
+def _raise_input_error(exc: BaseException, *where: Any, url: str | None = None) -> None:
+    err = _bad_input(exc, *where, url=url)
+    if err is exc:
+        raise exc
+    raise err from exc
 
 
 def _is_read_error(exc: BaseException) -> bool:
@@ -104,16 +126,29 @@ def _is_read_error(exc: BaseException) -> bool:
 
 
 # ------------------------------------------------------------ opening files
-def _open(path: str, options: Mapping[str, Any]) -> Any:
-    import uproot
+def _start_io_thread() -> None:
+    """Start fsspec's I/O thread (uproot reads through it) now, while the library context is built.
 
+    It is started lazily by the first read otherwise, which runs under the task's memory limit: under
+    a tight ``--memory`` its stack cannot be mapped ("can't start new thread", resource exhaustion),
+    and fsspec then keeps a loop that never runs, so every later read of the process would hang."""
+    try:
+        import fsspec.asyn
+
+        fsspec.asyn.get_loop()
+    except Exception:  # noqa: BLE001 - an fsspec without get_loop: uproot starts what it needs itself
+        pass
+
+
+def _open(reader: RemoteReader, path: str, options: Mapping[str, Any]) -> Opened:
     # Every chunk's baskets are read once, so uproot's per-file array cache (100 MB each) only costs:
     # filling it grew workers by ~100 MB per file and made the dimuon analysis 25 % slower.
-    options = {"array_cache": None, **options}
-    return uproot.open({path: None}, **options)  # dict form: a ':' in the path is not an object path
+    # (uproot.open is given {path: None}: a ':' in the path is not an object path)
+    return reader.open(path, {"array_cache": None, **options})
 
 
-def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int | None, stop: int | None) -> Any:
+def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int | None, stop: int | None,
+              url: str | None = None) -> Any:
     import uproot
 
     try:
@@ -125,7 +160,7 @@ def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int |
             keys = []
         raise TreeNotFound(dataset, path, tree, keys, start=start, stop=stop) from None
     except Exception as exc:
-        raise _bad_input(exc, dataset, path, tree, start, stop, "cannot read the tree") from exc
+        _raise_input_error(exc, dataset, path, tree, start, stop, "cannot read the tree", url=url)
     if not hasattr(obj, "num_entries"):
         raise BadInputError(dataset, path, tree, start, stop, f"TypeError: {tree!r} is a {obj.classname}",
                             True, what=f"{tree!r} is not a TTree",
@@ -133,16 +168,25 @@ def _get_tree(file: Any, path: str, tree: str, dataset: str | None, start: int |
     return obj
 
 
-def count_entries(path: str, tree: str, uproot_options: Mapping[str, Any] | None = None) -> tuple[int, str]:
-    """``(num_entries, uuid)`` of ``tree`` in ``path``; BadInputError or TreeNotFound if unreadable."""
+def count_entries(path: str, tree: str, uproot_options: Mapping[str, Any] | None = None,
+                  remote: RemoteOptions | Mapping[str, Any] | None = None) -> tuple[int, str]:
+    """``(num_entries, uuid)`` of ``tree`` in ``path``; BadInputError or TreeNotFound if unreadable.
+
+    Reads only metadata: the file is not cached unless ``remote`` says ``cache="always"``."""
+    options = RemoteOptions.coerce(remote)
+    if options.cache == "auto":
+        options = RemoteOptions(options.redirectors, options.read_timeout, "never")
+    reader = RemoteReader(options)
     try:
-        file = _open(path, uproot_options or {})
+        opened = _open(reader, path, uproot_options or {})
     except Exception as exc:
-        raise _bad_input(exc, None, path, tree, None, None, "cannot open file") from exc
+        _raise_input_error(exc, None, path, tree, None, None, "cannot open file")
     try:
-        return int(_get_tree(file, path, tree, None, None, None).num_entries), str(file.file.uuid)
+        t = _get_tree(opened.file, path, tree, None, None, None, opened.url)
+        return int(t.num_entries), str(opened.file.file.uuid)
     finally:
-        file.close()
+        reader.report(opened)
+        opened.close()
 
 
 @dataclass(frozen=True)
@@ -177,7 +221,8 @@ class NanoEventsOpener:
 
     def __init__(self, schema: Any = "NanoAOD", *, mode: str = "virtual",
                  uproot_options: Mapping[str, Any] | None = None, max_open_files: int = 16,
-                 metadata: Mapping[str, Mapping[str, Any]] | None = None, freeze_gc: bool = True) -> None:
+                 metadata: Mapping[str, Mapping[str, Any]] | None = None, freeze_gc: bool = True,
+                 remote: RemoteOptions | Mapping[str, Any] | None = None) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode {mode!r} is not supported; use one of {', '.join(_MODES)}")
         if max_open_files < 1:
@@ -193,10 +238,12 @@ class NanoEventsOpener:
         self.schema, self.mode, self.max_open_files, self.freeze_gc = schema, mode, max_open_files, freeze_gc
         self.uproot_options = dict(uproot_options or {})
         self.metadata = {name: dict(meta) for name, meta in (metadata or {}).items()}
+        self.remote = RemoteOptions.coerce(remote)
         self._reset()
 
     def _reset(self) -> None:
-        self._files: OrderedDict[str, tuple[Any, dict[str, _Tree]]] = OrderedDict()
+        self._reader = RemoteReader(self.remote)
+        self._files: OrderedDict[str, tuple[Opened, dict[str, _Tree]]] = OrderedDict()
         self._lock = threading.RLock()
         self.opens = self.schemas_built = self.chunks = 0
         self._closed_since_collect = 0
@@ -204,11 +251,13 @@ class NanoEventsOpener:
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()
-                if k in ("schema", "mode", "max_open_files", "uproot_options", "metadata", "freeze_gc")}
+                if k in ("schema", "mode", "max_open_files", "uproot_options", "metadata", "freeze_gc", "remote")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("remote", RemoteOptions())
         self.__dict__.update(state)
         self._reset()
+        _start_io_thread()
 
     def statistics(self) -> OpenerStatistics:
         return OpenerStatistics(self.opens, self.schemas_built, self.chunks, len(self._files))
@@ -222,20 +271,42 @@ class NanoEventsOpener:
         with self._lock:
             while self._files:
                 self._evict(next(iter(self._files)))
+            self._reader.close()
         if self.freeze_gc:
             gc.unfreeze()
 
     def _evict(self, path: str) -> None:
         entry = self._files.pop(path, None)
         if entry is not None:
+            self._reader.report(entry[0])
             entry[0].close()
             self._closed_since_collect += 1
+
+    def forget(self, path: str, exc: BaseException | None = None) -> str | None:
+        """Close ``path`` after a read error (a handle that failed is not reused); an unreachable
+        server is tried last by the next attempt. Returns the url it was read from, if it was open."""
+        with self._lock:
+            entry = self._files.get(path)
+            if entry is None:
+                return None
+            if exc is not None and not classify_input(exc, entry[0].url).permanent:
+                self._reader.mark_down(entry[0].url)
+            self._evict(path)
+            return entry[0].url
+
+    def report_reads(self, path: str) -> None:
+        """Report the bytes read from ``path`` since the last report (``vinecore.report_metric``)."""
+        with self._lock:
+            entry = self._files.get(path)
+            if entry is not None:
+                self._reader.report(entry[0])
 
     def count(self, path: str, tree: str) -> tuple[int, str]:
         """``(num_entries, uuid)`` like :func:`count_entries`, leaving the file open for the chunks that
         follow (the manager sends them to this worker first): a wide file is then opened once per worker,
         not once to count it and again to process it."""
         t = self._tree(path, tree, None, None, None)
+        self.report_reads(path)
         return int(t.tree.num_entries), str(t.tree.file.uuid)
 
     def open_tree(self, path: str, tree: str, *, dataset: str | None = None, start: int | None = None,
@@ -248,17 +319,18 @@ class NanoEventsOpener:
             entry = self._files.get(path)
             if entry is None:
                 try:
-                    file = _open(path, self.uproot_options)
+                    opened = _open(self._reader, path, self.uproot_options)
                 except Exception as exc:
-                    raise _bad_input(exc, dataset, path, tree, start, stop, "cannot open file") from exc
+                    _raise_input_error(exc, dataset, path, tree, start, stop, "cannot open file")
                 self.opens += 1
-                entry = self._files[path] = (file, {})
+                entry = self._files[path] = (opened, {})
                 while len(self._files) > self.max_open_files:
                     self._evict(next(iter(self._files)))
             self._files.move_to_end(path)
-            file, trees = entry
+            opened, trees = entry
             if tree not in trees:
-                trees[tree] = _Tree(_get_tree(file, path, tree, dataset, start, stop), file)
+                obj = _get_tree(opened.file, path, tree, dataset, start, stop, opened.url)
+                trees[tree] = _Tree(obj, opened.file)
             return trees[tree]
 
     def process_item(self, chunk: Chunk, processors: Mapping[str, Any], *, cores: int = 1,
@@ -275,9 +347,8 @@ class NanoEventsOpener:
         except BadInputError:
             raise
         except Exception as exc:
-            with self._lock:
-                self._evict(chunk.path)  # a handle that failed is not reused
-            raise _bad_input(exc, *where, "cannot build the events") from exc
+            url = self.forget(chunk.path, exc)  # a handle that failed is not reused
+            _raise_input_error(exc, *where, "cannot build the events", url=url)
 
     def _events(self, t: _Tree, chunk: Chunk, partitions: int = 1) -> Any:
         from coffea.nanoevents import NanoEventsFactory
@@ -486,9 +557,13 @@ def process_chunk(opener: Callable[[Chunk], Any], processors: Mapping[str, Any],
         raise
     except Exception as exc:
         if _is_read_error(exc):
-            raise _bad_input(exc, chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop,
-                             "cannot read the events") from exc
+            url = opener.forget(chunk.path, exc) if hasattr(opener, "forget") else None
+            _raise_input_error(exc, chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop,
+                               "cannot read the events", url=url)
         raise
+    finally:
+        if hasattr(opener, "report_reads"):  # bytes this chunk read, per source (see the module docstring)
+            opener.report_reads(chunk.path)
 
 
 def _process(opener: Callable[[Chunk], Any], processors: Mapping[str, Any], chunk: Chunk,

@@ -163,9 +163,9 @@ class _ChunkRead:
         try:
             return inner.read_tree(b.tree, start, stop)[0]
         except Exception as exc:  # named by the chunk's range: the chunk is what is retried or skipped
-            from ._coffea import _bad_input
+            from ._coffea import _raise_input_error
 
-            raise _bad_input(exc, *b.where, "cannot read the events") from exc
+            _raise_input_error(exc, *b.where, "cannot read the events")  # (a MemoryError propagates as is)
 
     @property
     def return_report(self) -> bool:

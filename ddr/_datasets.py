@@ -12,7 +12,9 @@ Policy:
 
 * Relative paths resolve against the JSON file's folder (or ``base_dir``, by
   default the working directory, for a dict); anything containing ``://`` is
-  a URL and is kept as given.
+  a URL and is kept as given (``root://host//path``, ``https://...``), and so
+  is a CMS logical file name ``/store/...`` when written back to a fileset
+  (it is read through ``--redirector``, see :mod:`ddr._remote`).
 * ``steps`` are the entry ranges to process: they must not overlap and must
   stay inside ``[0, num_entries)``; gaps are allowed (such a fileset asks for
   part of a file, as the failed-chunks fileset that ``ddr run`` writes does),
@@ -328,7 +330,7 @@ def fileset_to_json(datasets: Mapping[str, Dataset], *, relative_to: str | os.Pa
     ``relative_to`` writes local paths relative to that folder.
     """
     rel: Callable[[str], str] = (lambda p: p) if relative_to is None else (
-        lambda p: p if "://" in p else os.path.relpath(p, os.fspath(relative_to)))
+        lambda p: p if "://" in p or p.startswith("/store/") else os.path.relpath(p, os.fspath(relative_to)))
     out: dict[str, Any] = {}
     for name, ds in datasets.items():
         files: dict[str, Any] = {}

@@ -7,10 +7,14 @@ it what happens, and does the I/O the state machine must not:
   ``count`` or ``accumulate``) with the run's resources, priority and
   locality; partial results stay on the workers as vinecore temps;
 * a task that comes back becomes a ``JobEnded`` event; its outcome is
-  classified by type: a :class:`~ddr.exceptions.BadInputError` is bad input
-  (transient or not, as the worker judged it), vinecore's results give
-  exhaustion, time-outs, lost workers and unsatisfiable tasks, anything else
-  raised is a processor error (or, for an accumulation, a reducer error);
+  classified by type: a missing module or a full disk is a setup error (also
+  when met reading a file: a BadInputError of kind ``setup``), another
+  :class:`~ddr.exceptions.BadInputError` is bad input (transient or not, as
+  the worker judged it), vinecore's results give exhaustion, time-outs, lost
+  workers and unsatisfiable tasks, a ``MemoryError`` is exhaustion too (never
+  bad input), anything else raised is a processor error (or, for an
+  accumulation, a reducer error); the metrics the task reported travel with
+  the event;
 * ``Finalize`` fetches a dataset's final partial (merging on the manager when
   there are several) and keeps the value; ``Release`` drops temps;
 * between steps it answers snapshots (``merged_so_far``, used by
@@ -37,6 +41,7 @@ from ._reduction import (
     ReductionState, RunEnded, RunStatus, Submit,
 )
 from ._ledger import Coverage
+from ._classify import out_of_memory
 from .exceptions import BadInputError, ChunkResourceError, DDRError, ProcessorError, ReducerError, WorkerSetupError
 
 __all__ = ["Driver", "DatasetProgress", "RunOptions", "pickle_job"]
@@ -266,25 +271,28 @@ class Driver:
         self._task_of.pop(job, None)
         m = t.resources_measured
         wall, mem = (m.wall_time, m.memory) if m is not None else (0.0, None)
+        metrics = tuple(sorted(t.metrics.items()))
         now = self.clock()
         if t.successful:
             if t.output_file is not None:
                 self._temps[job] = t.output_file
             if sub.kind is _PROCESS and self.first_result_at is None:
                 self.first_result_at = now
-            return JobEnded(job, _SUCCESS, now, value=t.output, wall=wall, memory=mem)
+            return JobEnded(job, _SUCCESS, now, value=t.output, wall=wall, memory=mem, metrics=metrics)
         err = t.output if isinstance(t.output, BaseException) else RuntimeError(str(t.output))
         outcome = _OUTCOMES.get(t.result)
         transient = False
         if outcome is None:  # "exception": classified by the type of what was raised
-            if isinstance(err, BadInputError):
-                outcome, transient = Outcome.BAD_INPUT, not err.permanent
-            elif _setup_problem(err):
+            if _setup_problem(err):
                 outcome = Outcome.SETUP
+            elif isinstance(err, BadInputError):
+                outcome, transient = Outcome.BAD_INPUT, not err.permanent
+            elif out_of_memory(err):  # a MemoryError that reached us as an exception: never bad input
+                outcome = Outcome.EXHAUSTED
             else:
                 outcome = Outcome.ERROR
         return JobEnded(job, outcome, now, error=self._error(sub, outcome, err), transient=transient,
-                        wall=wall, memory=mem)
+                        wall=wall, memory=mem, metrics=metrics)
 
     def _error(self, sub: Submit, outcome: Outcome, err: BaseException) -> BaseException:
         """The error the user sees, naming the dataset and the chunk."""
@@ -321,12 +329,17 @@ class Driver:
 
 
 def _setup_problem(err: BaseException) -> bool:
-    """Would every task fail like this one, whatever its chunk? (A full disk, a missing module.)"""
+    """Would every task fail like this one, whatever its chunk? (A full disk, a missing module; also met
+    while reading a file: a BadInputError of kind ``setup``, see ddr._classify.)"""
+    if isinstance(err, BadInputError):
+        return err.kind == "setup"
     return isinstance(err, ImportError) or (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 def _setup_error(err: BaseException, run_dir: str) -> WorkerSetupError:
     tb = getattr(err, "remote_traceback", "")
+    if isinstance(err, BadInputError):  # e.g. fsspec-xrootd missing on the workers: named, with its pip line
+        return WorkerSetupError(f"the workers cannot read {err.file}: {err.what}", err.cause, err.hint, tb)
     cause = f"{type(err).__name__}: {err}"
     if isinstance(err, ImportError):
         name = getattr(err, "name", None) or "a module"

@@ -66,6 +66,7 @@ class DatasetLedger:
     final: Coverage | None = None
     complete: bool = False
     error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # sums of the tasks' vinecore metrics (issue 12)
 
     def fail_chunk(self, item: Any, size: int, error: str, kind: str = "error") -> None:
         """Record a work item that will not be in the result: ``kind`` is bad input, processor error,
@@ -103,6 +104,8 @@ class DatasetLedger:
                             "max": max(sizes, default=None), "count": len(sizes)},
             "files": files,
             "error": self.error,
+            # issue 12: bytes the tasks read, by source (ddr._remote: server, node cache, local disk)
+            "bytes_read": {src: int(self.metrics.get(f"bytes_{src}", 0)) for src in ("remote", "cache", "local")},
         }
 
 

@@ -16,7 +16,9 @@ __all__ = ["preprocess_fileset"]
 
 
 def preprocess_fileset(source: Any, output: str | os.PathLike, *, step_size: int = 100_000, engine: Any = "local",
-                       workers: int | None = None, skip_bad_files: bool = False) -> dict[str, int]:
+                       workers: int | None = None, skip_bad_files: bool = False, remote: Any = None) -> dict[str, int]:
+    """Count every file lacking ``num_entries``/``uuid`` on the workers; ``remote``: redirectors and timeouts
+    (a :class:`~ddr._remote.RemoteOptions`; counting reads metadata only, so nothing is cached)."""
     datasets = load_fileset(source)
     files = [(name, i, f) for name, ds in datasets.items() for i, f in enumerate(ds.files)]
     counted: dict[tuple[str, int], Any] = {}
@@ -27,7 +29,7 @@ def preprocess_fileset(source: Any, output: str | os.PathLike, *, step_size: int
             if f.num_entries is not None and f.uuid:
                 counted[(name, i)] = f
                 continue
-            t = vinecore.PythonTask(count_entries, f.path, f.tree)
+            t = vinecore.PythonTask(count_entries, f.path, f.tree, None, remote)
             t.set_retries(2)
             ids[m.submit(t)] = (name, i, f)
         while not m.empty():

@@ -38,7 +38,8 @@ Failures (per outcome of a job)
     processor error         a failed chunk; fatal unless ``keep_going``
     unsatisfiable           fatal (no worker can run the task)
     setup error             fatal (a full disk, a missing module: every task
-                            would fail the same way)
+                            would fail the same way), with ``skip_bad_files``
+                            too; its file is not called bad
     accumulation exhausted  split by inputs; with two inputs the dataset is
                             merged on the manager at the end instead
     accumulation error      fatal (the reducer raised; the error names the key)
@@ -56,6 +57,8 @@ Accounting
     in exactly one held partial (pooled, an input of a running accumulation,
     or the final result), so :meth:`held` is always consistent with the
     ledger: a checkpoint of it loses nothing and counts nothing twice.
+    The metrics a job reports (``JobEnded.metrics``, whatever its outcome)
+    are summed into its dataset's ledger (the report's ``bytes_read``).
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ class Capacity(Event):
 @dataclass(frozen=True, slots=True)
 class JobEnded(Event):
     """A job came back. ``value``: a count's ``(entries, uuid)``; ``error``: what was raised;
-    ``transient``: a bad input that may read fine on a retry; ``wall``/``memory``: measurements."""
+    ``transient``: a bad input that may read fine on a retry; ``wall``/``memory``: measurements;
+    ``metrics``: ``(name, value)`` pairs the task reported, summed into its dataset's ledger."""
 
     job: int
     outcome: Outcome
@@ -135,6 +139,7 @@ class JobEnded(Event):
     transient: bool = False
     wall: float = 0.0
     memory: float | None = None
+    metrics: tuple[tuple[str, float], ...] = ()  # what the task reported (vinecore.report_metric), any outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +396,8 @@ class ReductionState:
         if job is None:
             return  # cancelled by us: its late report is ignored
         d = self._job_done(job)
+        for name, value in ev.metrics:  # e.g. bytes read remotely / from the node cache (ddr._remote)
+            d.ledger.metrics[name] = d.ledger.metrics.get(name, 0) + value
         if job.kind is _PROCESS:
             self._process_ended(d, job, ev, out)
         elif job.kind is _COUNT:
@@ -476,9 +483,12 @@ class ReductionState:
             return
         planner.count_failed(req)
         desc = str(ev.error) if ev.error is not None else o.value
+        if o in (Outcome.UNSATISFIABLE, Outcome.SETUP):  # not the file's fault: stop, without calling it bad
+            self._stop(RunStatus.FAILED, ev.error if ev.error is not None else RuntimeError(desc), out)
+            return
         d.ledger.files_bad.append({"file": req.file.path, "tree": req.file.tree, "error": desc})
         out.append(Notice("bad_file", d.name, f"{req.file.path}: {desc.splitlines()[0] if desc else o.value}"))
-        if o in (Outcome.UNSATISFIABLE, Outcome.SETUP) or not (self.skip_bad_files and o is Outcome.BAD_INPUT):
+        if not (self.skip_bad_files and o is Outcome.BAD_INPUT):
             self._stop(RunStatus.FAILED, ev.error if ev.error is not None else RuntimeError(desc), out)
 
     # ----------------------------------------------------------- accumulate

@@ -1,9 +1,10 @@
 """``ddr run``: from the command line to a finished (or stopped) run, and nothing thrown away.
 
 Order of business
-    1. Check everything that can be checked before any chunk runs: the fileset, the input files,
-       the analysis, the schema, and that every output (``-o``, ``--report``, ``--failed-fileset``,
-       the run directory) can be written. A problem here is a usage error (exit 2).
+    1. Check everything that can be checked before any chunk runs: the fileset, the input files
+       (local ones; urls and ``/store/...`` names read through ``--redirector`` are checked on the
+       workers), the remote options, the analysis, the schema, and that every output (``-o``,
+       ``--report``, ``--failed-fileset``, the run directory) can be written. A problem here is a usage error (exit 2).
     2. Run in the background (:class:`~ddr.RunHandle`) while the main thread waits and watches for
        SIGINT and SIGTERM: the first one stops the run cleanly (status ``interrupted``), a second
        one gives up waiting.
@@ -174,7 +175,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     from ._daskmode import resolve_mode
     from ._datasets import load_fileset
     from ._journal import ResumeError
-    from .cli import _analysis_digest, _check_inputs, dask_engine_options
+    from .cli import _analysis_digest, _check_inputs, dask_engine_options, remote_options
     from .progress import make_progress
     from vinecore import EngineError
 
@@ -182,7 +183,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     # 1. everything that can be checked before a chunk runs
     try:
         datasets = load_fileset(args.datasets)
-        _check_inputs(datasets, args.skip_bad_files)
+        remote = remote_options(args)  # redirectors, timeouts, node cache (ddr._remote)
+        _check_inputs(datasets, args.skip_bad_files, remote.redirectors)
         procs = load_analysis(args.analysis, args.processor)
         resolve_schema(args.schema)
         mode = resolve_mode(args.mode, procs)
@@ -200,7 +202,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
         cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
         skip_bad_files=args.skip_bad_files, keep_going=args.keep_going, engine_options=engine_options,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, remote=remote,
         fingerprint_extra=_analysis_digest(args.analysis, args.processor))
     try:
         job.run_dir = _writable_dir(job.run_dir or os.path.join(".ddr", "runs", job.fingerprint()),

@@ -18,7 +18,7 @@ from typing import Any, Callable, NoReturn
 
 from .exceptions import DDRError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_remote_arguments", "remote_options"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tls-cert", metavar="PEM", help="client certificate for a tls:// dask scheduler")
     r.add_argument("--tls-key", metavar="PEM", help="client private key for a tls:// dask scheduler")
     r.add_argument("--quiet", action="store_true", help="no progress display")
+    add_remote_arguments(r)
 
     pp = sub.add_parser("preprocess", help="count entries on the workers and write coffea's preprocessed fileset")
     pp.add_argument("fileset", metavar="FILE.json")
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--workers", type=_COUNT, metavar="N")
     pp.add_argument("--engine", default="local", choices=["local", "sync", "dask"])
     pp.add_argument("--skip-bad-files", action="store_true")
+    add_remote_arguments(pp, cache=False)
 
     mg = sub.add_parser("merge", help="merge the outputs of several runs (a run and its redo run)",
                         description="Merge ddr run outputs with coffea's accumulate. With --reports (one per output, "
@@ -162,6 +164,57 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_remote_arguments(p: argparse.ArgumentParser, *, cache: bool = True) -> None:
+    """--redirector, --read-timeout and the cache flags (see ddr/_remote.py)."""
+    from ._remote import CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_READ_TIMEOUT
+
+    p.add_argument("--redirector", action="append", default=[], type=_redirector, metavar="URL",
+                   help="XRootD redirector for CMS logical file names (/store/...); repeatable, tried in order, "
+                        "the next one when a file fails through the previous")
+    p.add_argument("--read-timeout", type=_SECONDS, default=DEFAULT_READ_TIMEOUT, metavar="S",
+                   help=f"bound on each connection and read of remote files (default {DEFAULT_READ_TIMEOUT:g})")
+    if cache:
+        p.add_argument("--cache", choices=CACHE_MODES, default="auto",
+                       help="node cache of remote files: auto (read in place and fill the cache in the background "
+                            "for the next run; default), always (download each file before reading it), never")
+        p.add_argument("--cache-dir", metavar="DIR", help="node cache folder (default ~/.cache/ddr)")
+        p.add_argument("--cache-size", type=_size, default=DEFAULT_CACHE_SIZE, metavar="SIZE",
+                       help=f"node cache bound, e.g. 500M, 20G (default {DEFAULT_CACHE_SIZE}); least recently used "
+                            "files are evicted")
+
+
+def _redirector(text: str) -> str:
+    if not text.startswith(("root://", "roots://", "http://", "https://")) or len(text.split("://", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a root://, roots://, http:// or "
+                                         "https:// url, e.g. root://cmsxrootd.fnal.gov")
+    return text
+
+
+def _size(text: str) -> int:
+    from vinecore import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a size in bytes or with a unit "
+                                         "(e.g. 500M, 20G)")
+    return value
+
+
+_redirector.valid_range = "a root://, roots://, http:// or https:// url"  # type: ignore[attr-defined]
+_size.valid_range = "a size in bytes or with a unit"  # type: ignore[attr-defined]
+
+
+def remote_options(args: argparse.Namespace) -> Any:
+    """The RemoteOptions of the parsed flags (ValueError for a bad redirector or size)."""
+    from ._remote import DEFAULT_CACHE_SIZE, RemoteOptions
+
+    return RemoteOptions(tuple(args.redirector), args.read_timeout, getattr(args, "cache", "never"),
+                         getattr(args, "cache_dir", None), getattr(args, "cache_size", DEFAULT_CACHE_SIZE))
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     try:
         from .plotting import main_plot
@@ -202,18 +255,24 @@ def _err(msg: str) -> None:
     print(f"ddr: error: {msg}", file=sys.stderr)
 
 
-def _check_inputs(datasets: dict, skip: bool) -> None:
+def _check_inputs(datasets: dict, skip: bool, redirectors: tuple[str, ...] = ()) -> None:
+    """Local files must exist; urls, and /store/... names read through redirectors, are checked on the workers."""
     missing = []
     for name, ds in datasets.items():
         for f in ds.files:
-            if "://" not in f.path and not os.path.exists(f.path):
+            if "://" in f.path or (redirectors and f.path.startswith("/store/")):
+                continue
+            if not os.path.exists(f.path):
                 missing.append((name, f.path))
     if missing and not skip:
         lines = "\n".join(f"  dataset {n!r}: {p}" for n, p in missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        lfn = ("\n  paths starting with /store/ are CMS logical file names: read them through a redirector with "
+               "--redirector root://cmsxrootd.fnal.gov (or your regional one)"
+               if any(p.startswith("/store/") for _, p in missing) else "")
         raise DDRError(f"input file(s) not found:\n{lines}{more}\n"
                        "  fix the paths in the fileset (relative paths resolve against the JSON's folder), "
-                       "or pass --skip-bad-files to run without them")
+                       f"or pass --skip-bad-files to run without them{lfn}")
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -227,7 +286,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     try:
         out = preprocess_fileset(args.fileset, args.output, step_size=args.step_size, engine=args.engine,
-                                 workers=args.workers, skip_bad_files=args.skip_bad_files)
+                                 workers=args.workers, skip_bad_files=args.skip_bad_files,
+                                 remote=remote_options(args))
     except (DDRError, ValueError, OSError) as exc:
         _err(str(exc))
         return 2

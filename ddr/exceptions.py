@@ -25,10 +25,28 @@ entry range), shows what does exist (nearest names first, like uproot's
       error:   OSError: expected Chunk of length 150, received 0 bytes from ...
       hint:    fix or remove the file, or use --skip-bad-files to continue without it
 
-Input errors are permanent or transient (:func:`classify_input_error`):
-retrying cannot fix a missing, truncated or corrupt file, a missing tree or a
-schema rejection, but it often fixes timeouts, dropped connections and
-xrootd's "Operation expired" (and, to be safe, any other OSError).
+Input errors are classified by exception type, never by words in messages
+(:func:`classify_input`, in :mod:`ddr._classify`; the CLI and the API share it):
+
+=========  ==========================================================  ===========================
+kind       raised as                                                   what ddr does
+=========  ==========================================================  ===========================
+missing    FileNotFoundError, ENOENT, HTTP 404/410, XRootD [3011]      stop, naming the file; or
+                                                                       skip with --skip-bad-files
+                                                                       (next --redirector first)
+denied     PermissionError, EACCES, HTTP 401/403, XRootD [3010]        the same
+transient  ConnectionError, TimeoutError, connection errnos, EIO,      retry with backoff, then the
+           HTTP 408/429/5xx, XRootD socket/connection/expired codes,   next redirector, then fail
+           a short read from remote storage                            naming the server
+corrupt    a short read of a local file (truncated), zlib and          stop or skip; "fix or
+           deserialization errors, ValueError (not a ROOT file),       remove the file"
+           a missing object, an error raised by a coffea schema
+setup      ImportError; ENOSPC/EDQUOT (a full disk on the worker)      stop (WorkerSetupError), also
+                                                                       with --skip-bad-files: "pip
+                                                                       install <package>", free space
+resource   MemoryError, ENOMEM, a thread that cannot start, raised or  not bad input: the chunk is
+           among the causes (vinecore.is_out_of_memory)                split (resource exhaustion)
+=========  ==========================================================  ===========================
 
 Every error keeps its attributes through pickling, because errors raised on a
 worker travel back to the manager.
@@ -37,8 +55,9 @@ worker travel back to the manager.
 from __future__ import annotations
 
 import difflib
-import zlib
 from typing import Any, Iterable
+
+from ._classify import _HINTS, InputErrorKind, InputFailure, classify_input, classify_input_error, xrootd_status
 
 __all__ = [
     "DDRError",
@@ -52,7 +71,11 @@ __all__ = [
     "ReducerError",
     "nearest",
     "format_names",
+    "InputErrorKind",
+    "InputFailure",
+    "classify_input",
     "classify_input_error",
+    "xrootd_status",
 ]
 
 
@@ -147,20 +170,24 @@ class BadInputError(DDRError):
 
     ``cause`` is ``"<type>: <message>"`` of the underlying error; ``permanent``
     says whether retrying can help (a timeout can, a truncated file cannot);
-    ``what`` is the one-line summary that opens the message.
+    ``kind`` is an :class:`InputErrorKind` value (``"missing"``, ``"transient"``,
+    ``"corrupt"``, ``"denied"``, ``"setup"``); ``server`` the remote server
+    involved, if any; ``what`` is the one-line summary that opens the message.
     """
 
     def __init__(self, dataset: str | None, file: str, tree: str | None, start: int | None, stop: int | None,
-                 cause: str, permanent: bool = True, hint: str | None = None, *, what: str | None = None) -> None:
+                 cause: str, permanent: bool = True, hint: str | None = None, *, what: str | None = None,
+                 kind: str | None = None, server: str | None = None) -> None:
         self.dataset, self.file, self.tree = dataset, file, tree
         self.start, self.stop = start, stop
         self.cause, self.permanent = cause, bool(permanent)
+        if kind is None:
+            kind = "corrupt" if self.permanent else "transient"
+        self.kind, self.server = str(InputErrorKind(kind).value), server
         if what is None:
             what = "cannot read input" if self.permanent else "transient error while reading input"
         if hint is None:
-            hint = ("fix or remove the file, or use --skip-bad-files to continue without it" if self.permanent
-                    else "ddr retries transient errors; if it keeps failing, check the storage, "
-                         "or use --skip-bad-files to continue without the file")
+            hint = _HINTS.get(InputErrorKind(self.kind), _HINTS[InputErrorKind.CORRUPT])
         self.what, self.hint = what, hint
         super().__init__(self._message())
 
@@ -169,6 +196,8 @@ class BadInputError(DDRError):
         if self.dataset is not None:
             lines.append(f"  dataset: {self.dataset}")
         lines.append(f"  file:    {self.file}")
+        if self.server is not None and self.server not in self.file:
+            lines.append(f"  server:  {self.server}")
         if self.tree is not None:
             lines.append(f"  tree:    {self.tree}")
         if self.start is not None or self.stop is not None:
@@ -286,39 +315,3 @@ class ReducerError(DDRError):
     def __init__(self, message: str, dataset: str | None = None, remote_traceback: str = "") -> None:
         super().__init__(message if dataset is None else f"dataset {dataset!r}: {message}")
         self.dataset, self.remote_traceback = dataset, remote_traceback
-
-
-_TRANSIENT_WORDS = ("operation expired", "timed out", "timeout", "connection reset", "connection refused",
-                    "connection error", "connection aborted", "temporarily unavailable", "try again", "socket",
-                    "broken pipe", "service unavailable", "bad gateway", "too many requests")
-
-
-def classify_input_error(exc: BaseException) -> tuple[bool, str]:
-    """``(permanent, short description)`` of an error met while opening or reading input.
-
-    Judged from the exception type and the words uproot, fsspec and xrootd use
-    in their messages (no import of either is needed).
-    """
-    text = str(exc).lower()
-    name = type(exc).__name__
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) or "no such file" in text:
-        return True, "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return True, "is a directory, not a ROOT file"
-    if isinstance(exc, PermissionError) or "permission denied" in text:
-        return True, "permission denied"
-    if isinstance(exc, (TimeoutError, ConnectionError)) or any(w in text for w in _TRANSIENT_WORDS):
-        return False, "timeout or connection error"
-    if name == "KeyInFileError":
-        return True, "object not found in the file"
-    if "missing event id fields" in text or ("schema" in text and isinstance(exc, RuntimeError)):
-        return True, "the schema rejected the file"
-    if "expected chunk of length" in text:  # a short read: the file ends early
-        remote = "://" in text and "file://" not in text
-        return (not remote), "short read from remote storage" if remote else "file is truncated or not a ROOT file"
-    if isinstance(exc, zlib.error) or name == "DeserializationError" or "compression" in text \
-            or "not a root file" in text:
-        return True, "corrupt data (decompression or deserialization failed)"
-    if isinstance(exc, OSError):
-        return False, "I/O error"
-    return True, f"cannot read ({name})"

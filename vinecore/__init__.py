@@ -6,7 +6,9 @@ Layers (each module uses only the ones above it)::
     _state    Scheduler: the pure scheduling state machine
     _files    File handles (file, buffer, url, temp) and cache names
     _tasks    Task, PythonTask, FunctionCall, Library (TaskVine's API)
-    _runtime  worker side: run one task in a process, enforce limits, measure
+    _fetch    reading urls: version stamps and whole-file downloads (root://, http(s)://, file://)
+    _cache    NodeCache: whole copies of urls shared by a node's worker processes, LRU-bounded
+    _runtime  worker side: run one task in a process, enforce limits, measure, report_metric
     engines/  thin adapters: sync (in-process), local (processes), dask
     _manager  Manager: moves events and actions between _state and an engine
     _associative  @associative and the pure planner of reduction trees
@@ -22,7 +24,10 @@ from ._daskvine import DaskNodeError, DaskVine, GetStatistics
 from ._events import Result, TaskState
 from ._files import File
 from ._manager import Manager, ManagerState, Statistics
-from ._runtime import current_worker, library_context, load_variable_from_library
+from ._cache import Lease, NodeCache, default_cache_dir, parse_size
+from ._fetch import RemoteFileError, RemoteStat, apply_xrootd_settings, server_of, stat_url
+from ._runtime import (current_worker, is_out_of_memory, library_context, load_variable_from_library, node_cache,
+                       report_metric)
 from ._tasks import FunctionCall, Library, PythonTask, ResourcesMeasured, Task
 from .exceptions import (
     EngineError,
@@ -42,11 +47,15 @@ __all__ = [
     "FileFetchError",
     "FunctionCall",
     "GetStatistics",
+    "Lease",
     "Library",
     "Manager",
     "ManagerClosedError",
     "ManagerState",
+    "NodeCache",
     "PythonTask",
+    "RemoteFileError",
+    "RemoteStat",
     "ResourcesMeasured",
     "Result",
     "Statistics",
@@ -57,9 +66,17 @@ __all__ = [
     "UnsatisfiableTaskError",
     "VinecoreError",
     "associative",
+    "apply_xrootd_settings",
     "current_worker",
+    "default_cache_dir",
+    "is_out_of_memory",
     "library_context",
     "load_variable_from_library",
+    "node_cache",
+    "parse_size",
+    "report_metric",
+    "server_of",
+    "stat_url",
 ]
 
 __version__ = "0.1.0"

@@ -92,6 +92,7 @@ class WorkerJoined(Event):
     cores: int = 1
     memory: int | None = None  # MB
     slots: int = 1  # tasks it can run at once
+    node: str | None = None  # the machine it runs on (workers of a node share its file cache); None: unknown
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,10 +99,15 @@ def file_from_buffer(data: bytes | bytearray | memoryview) -> File:
     return File("buffer", "buffer-" + _sha(data), data)
 
 
+def url_cache_name(url: str) -> str:
+    """The cache name of a url's content (also of any other name a cache keys content by)."""
+    return "url-" + _sha(url.encode())
+
+
 def file_from_url(url: str) -> File:
     if "://" not in url:
         raise ValueError(f"{url!r} is not a url (expected a scheme such as https:// or file://)")
-    return File("url", "url-" + _sha(url.encode()), url)
+    return File("url", url_cache_name(url), url)
 
 
 def new_temp() -> File:

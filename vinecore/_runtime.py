@@ -9,7 +9,10 @@ Enforcement, per attempt
       lowered to the process's current virtual size plus the task's
       allocation, so an oversized allocation raises ``MemoryError`` inside the
       task, which ends it as ``resource exhaustion`` while the process, its
-      library contexts and its store survive. The limit is restored
+      library contexts and its store survive. So does any error that comes
+      from running out of memory, however a library wrapped it
+      (:func:`is_out_of_memory`: ``ENOMEM``, a thread whose stack could not
+      be mapped, a ``MemoryError`` among the causes). The limit is restored
       afterwards. A task whose measured peak resident memory grew by more than
       its allocation is also reported as exhausted (allocations that dodged
       the address-space limit; in-process, this is the only check).
@@ -27,12 +30,22 @@ notebook's, keep printing where they did). Tasks with sandbox files
 the working directory to be the sandbox while they run.
 Measurement
     wall time, cpu time, and peak RSS from the kernel's high-water mark
-    (``VmHWM``, reset before each task through ``/proc/self/clear_refs``).
+    (``VmHWM``, reset before each task through ``/proc/self/clear_refs``),
+    plus whatever the task reports with :func:`report_metric` (numbers added
+    up per name, carried in the outcome as ``metrics``).
+Declared urls
+    are materialised through the node cache (:mod:`vinecore._cache`), under
+    ``$VINECORE_CACHE_DIR`` (default ``~/.cache/vinecore``), at most
+    ``$VINECORE_CACHE_SIZE`` (default 10G), network operations bounded by
+    ``$VINECORE_READ_TIMEOUT`` seconds (default 60); a url too large for the
+    cache is downloaded into the run's store instead. The copy stays leased
+    (not evictable) until the task ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import resource
@@ -42,7 +55,6 @@ import tempfile
 import threading
 import time
 import traceback
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +62,8 @@ from . import _serialize
 from ._events import Result
 from ._frozen import fast_init
 
-__all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context",
-           "load_variable_from_library", "current_worker"]
+__all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context", "is_out_of_memory",
+           "load_variable_from_library", "current_worker", "report_metric", "node_cache"]
 
 _MB = 1024 * 1024
 
@@ -89,6 +101,7 @@ class Outcome:
     peak_rss: float  # MB
     worker_id: str = ""
     output_size: int = 0  # bytes of the pickled return value (kept as a temp or sent back)
+    metrics: dict[str, float] | None = None  # what the task reported with report_metric()
 
 
 class DirStore:
@@ -158,9 +171,19 @@ class DirStore:
         if kind == "buffer":
             self.put(cache_name, source)
         elif kind == "url":
+            lease = node_cache().get(source)
+            if lease is not None:
+                rt = _current
+                if rt is not None:
+                    rt._leases.append(lease)  # released when the task ends
+                else:
+                    lease.release()
+                return lease.path
+            from ._fetch import download
+
             tmp = path + f".{os.getpid()}.part"
-            with urllib.request.urlopen(source, timeout=60) as r, open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f)
+            with open(tmp, "wb") as f:
+                download(source, f, float(os.environ.get("VINECORE_READ_TIMEOUT", "60")))
             os.replace(tmp, path)
         elif kind == "temp":
             self.get(cache_name)  # raises a clear error when absent
@@ -173,6 +196,69 @@ class _TimeLimit(BaseException):
 
 _current: WorkerRuntime | None = None
 _current_library: str | None = None
+_metrics_lock = threading.Lock()
+_node_caches: dict[tuple[str, int], Any] = {}
+
+
+def node_cache(root: str | None = None, max_bytes: int | str | None = None, *, timeout: float | None = None) -> Any:
+    """This process's :class:`~vinecore._cache.NodeCache` for ``root`` (default from the environment, see above)."""
+    from ._cache import NodeCache, default_cache_dir, parse_size
+
+    root = os.path.abspath(os.path.expanduser(root or os.environ.get("VINECORE_CACHE_DIR") or default_cache_dir()))
+    size = parse_size(max_bytes if max_bytes is not None else os.environ.get("VINECORE_CACHE_SIZE", "10G"))
+    cache = _node_caches.get((root, size))
+    if cache is None:
+        cache = _node_caches[(root, size)] = NodeCache(root, size)
+    cache.timeout = timeout if timeout is not None else float(os.environ.get("VINECORE_READ_TIMEOUT", "60"))
+    return cache
+
+
+def report_metric(name: str, value: float) -> None:
+    """Add ``value`` to the metric ``name`` of the task running in this process (any thread).
+
+    The sums come back with the task (``Task.metrics`` on the manager). Outside
+    a task this does nothing, so library code may report unconditionally.
+    """
+    rt = _current
+    if rt is None or rt._metrics is None:
+        return
+    with _metrics_lock:
+        rt._metrics[name] = rt._metrics.get(name, 0) + value
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Did ``exc`` come from running out of memory (or under a task's address-space limit)?
+
+    True for a ``MemoryError``, an ``OSError`` with ``ENOMEM``, and a thread that could not be
+    started (its stack could not be mapped: ``RuntimeError: can't start new thread``, told by the
+    frame that raised it, ``threading.Thread.start``), whether raised or among the causes and
+    contexts of what was raised (libraries wrap what they meet: uproot's first read starts
+    fsspec's I/O thread, and a reader wraps the failure in an input error).
+    """
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None:
+            return False
+        if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
+            return True
+        if isinstance(e, RuntimeError) and _raised_by_thread_start(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _raised_by_thread_start(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if code.co_name != "start" or os.path.basename(code.co_filename) != "threading.py":
+        return False
+    thread = tb.tb_frame.f_locals.get("self")  # a thread that never started ("started once" is a misuse)
+    started = getattr(thread, "_started", None)
+    return bool(getattr(thread, "_initialized", False)) and started is not None and not started.is_set()
 
 
 def current_worker() -> "WorkerRuntime | None":
@@ -249,6 +335,8 @@ class WorkerRuntime:
         self.contexts: dict[str, Any] = {}
         self.library_errors: dict[str, str] = {}
         self.context_builds: dict[str, int] = {}
+        self._metrics: dict[str, float] | None = None  # of the task running now
+        self._leases: list[Any] = []  # node cache copies the running task uses
 
     # -------------------------------------------------------------- libraries
     def install_library(self, name: str, payload: bytes) -> None:
@@ -307,6 +395,7 @@ class WorkerRuntime:
         c0 = time.process_time()
         prev, _current = _current, self
         prev_lib, _current_library = _current_library, spec.library
+        prev_metrics, self._metrics = self._metrics, {}
         try:
             with _capture_output(buf, whole_process=self.isolated):
                 try:
@@ -351,7 +440,9 @@ class WorkerRuntime:
                     output = _serialize.exception_payload(
                         TimeoutError(f"task {spec.task_id} ran over its time_max of {spec.time_max} s"))
                 except BaseException as exc:  # noqa: BLE001 - the task's failure is its result
-                    result, output = Result.EXCEPTION, _serialize.exception_payload(exc)
+                    # out of memory however a library reports it (see is_out_of_memory): exhaustion too
+                    result = Result.RESOURCE_EXHAUSTION if is_out_of_memory(exc) else Result.EXCEPTION
+                    output = _serialize.exception_payload(exc)
                     traceback.print_exc()
         finally:
             if alarm:
@@ -363,6 +454,9 @@ class WorkerRuntime:
                 os.chdir(old_cwd)
             if sandbox:
                 shutil.rmtree(sandbox, ignore_errors=True)
+            while self._leases:
+                self._leases.pop().release()
+            metrics, self._metrics = self._metrics, prev_metrics
             _current, _current_library = prev, prev_lib
         wall = time.perf_counter() - t0
         cpu = time.process_time() - c0
@@ -378,7 +472,7 @@ class WorkerRuntime:
                 output = _serialize.exception_payload(TimeoutError(
                     f"task {spec.task_id} ran {wall:.2f} s, over its time_max of {spec.time_max} s"))
         return Outcome(spec.task_id, result, output, buf.getvalue(), wall, cpu, grew, peak / 1024,
-                       self.worker_id, output_size if result is Result.SUCCESS else 0)
+                       self.worker_id, output_size if result is Result.SUCCESS else 0, metrics or None)
 
     def _load(self, spec: TaskSpec):
         fn, args, kwargs = _serialize.loads(spec.payload)

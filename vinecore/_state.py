@@ -16,9 +16,11 @@ Selection
     Highest priority first; equal priorities in submission order (FIFO).
     Among the tasks of the top priority, a worker prefers one whose locality
     key it served recently (``Task.set_locality``: e.g. the ROOT file a worker
-    already has open). A task that becomes ready while the worker that last
-    ran its key is free goes to that worker (a consumer queued behind its
-    producer follows it, instead of the round robin's next free worker).
+    already has open), then one whose key a worker of the same node served
+    recently (``WorkerJoined.node``: the file is in that node's cache). A task
+    that becomes ready while the worker that last ran its key is free goes to
+    that worker (a consumer queued behind its producer follows it, instead of
+    the round robin's next free worker).
 Packing
     A worker offers ``cores`` and ``slots``. A task without ``cores`` takes the
     whole worker (TaskVine's rule). A task that fits no worker *right now*
@@ -77,6 +79,7 @@ _RETRYABLE = frozenset({Result.EXCEPTION, Result.WORKER_LOST})
 _SCAN_LIMIT = 64  # ready entries examined for one worker before giving up
 _RECENT_KEYS = 16  # locality keys remembered per worker
 _LAST_KEYS = 4096  # locality keys whose last worker is remembered
+_NODE_KEYS = 256  # locality keys remembered per node
 
 
 @fast_init
@@ -118,7 +121,7 @@ class _Task:
 
 
 class _Worker:
-    __slots__ = ("id", "cores", "memory", "slots", "used_cores", "used_memory", "running", "recent")
+    __slots__ = ("id", "cores", "memory", "slots", "used_cores", "used_memory", "running", "recent", "node")
 
     def __init__(self, ev: WorkerJoined) -> None:
         self.id = ev.worker_id
@@ -129,6 +132,7 @@ class _Worker:
         self.used_memory = 0
         self.running: set[int] = set()
         self.recent: OrderedDict[str, None] = OrderedDict()
+        self.node = ev.node
 
     def has_room(self) -> bool:
         return len(self.running) < self.slots and self.used_cores < self.cores
@@ -159,6 +163,7 @@ class Scheduler:
         self._free: dict[str, None] = {}  # workers with a free slot, round-robin order
         self._heap: list[tuple[float, int, int, int]] = []  # (-priority, seq, token, id)
         self._by_key: dict[str, deque[tuple[int, int]]] = {}  # locality -> (id, token)
+        self._node_recent: dict[str, OrderedDict[str, None]] = {}  # node -> keys its workers served
         self._seq = 0
         self._producer: dict[str, int] = {}  # cache name -> producing task
         self._available: set[str] = set()
@@ -411,21 +416,23 @@ class Scheduler:
         return None
 
     def _pick(self, w: _Worker) -> _Task | None:
-        if w.recent:  # the top's priority is only needed to weigh the worker's locality keys
+        node_keys = self._node_recent.get(w.node) if w.node is not None else None
+        if w.recent or node_keys:  # the top's priority is only needed to weigh locality keys
             top = self._top()
             if top is None:
                 return None
-        for key in reversed(w.recent):
-            dq = self._by_key.get(key)
-            while dq and not self._valid(*dq[0]):
-                dq.popleft()
-            if dq:
-                cand = self.tasks[dq[0][0]]
-                if cand.priority == top.priority and w.fits(cand):
+        for keys in (w.recent, node_keys or ()):
+            for key in reversed(keys):
+                dq = self._by_key.get(key)
+                while dq and not self._valid(*dq[0]):
                     dq.popleft()
-                    return cand
-            elif dq is not None:
-                del self._by_key[key]
+                if dq:
+                    cand = self.tasks[dq[0][0]]
+                    if cand.priority == top.priority and w.fits(cand):
+                        dq.popleft()
+                        return cand
+                elif dq is not None:
+                    del self._by_key[key]
         skipped = []
         found = None
         heap, tasks = self._heap, self.tasks
@@ -495,5 +502,11 @@ class Scheduler:
             self._last_worker[t.locality] = w.id
             if len(self._last_worker) > _LAST_KEYS:
                 self._last_worker.popitem(last=False)
+            if w.node is not None:
+                keys = self._node_recent.setdefault(w.node, OrderedDict())
+                keys.pop(t.locality, None)
+                keys[t.locality] = None
+                if len(keys) > _NODE_KEYS:
+                    keys.popitem(last=False)
         self._set_state(t, _RUNNING, out, w.id, f"attempt {t.attempts}")
         out.append(Dispatch(t.id, w.id, t.attempts, t.alloc_cores))

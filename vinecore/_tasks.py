@@ -5,7 +5,8 @@
 context is built once per worker. The setters follow TaskVine's Python API.
 After ``Manager.wait`` returns a task, its outcome is in ``result``,
 ``output``, ``std_output``, ``resources_measured``, ``output_size`` (bytes of
-the pickled return value, also when it stayed on the worker as a temp) and ``worker``.
+the pickled return value, also when it stayed on the worker as a temp), ``metrics``
+(sums of what the task reported with :func:`vinecore.report_metric`) and ``worker``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Task:
         self.std_output: str = ""
         self.resources_measured: ResourcesMeasured | None = None
         self.output_size: int = 0  # bytes of the pickled return value, also when kept as a temp
+        self.metrics: dict[str, float] = {}  # sums of what the task reported with vinecore.report_metric
         self.worker: str | None = None
         self.attempts: int = 0
         self.manager = None

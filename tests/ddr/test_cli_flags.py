@@ -1,4 +1,4 @@
-"""Every numeric flag of every ``ddr`` subcommand is range-checked by argparse.
+"""Every numeric flag (and every url or size) of every ``ddr`` subcommand is range-checked by argparse.
 
 A bad value ends the real ``ddr`` command with exit status 2 and one line that
 names the flag, the value and the valid range, without a traceback, before
@@ -31,8 +31,14 @@ BAD = [
     (RUN, "--accumulation-size", "0", "an integer >= 2"),
     (RUN, "--accumulation-size", "1", "an integer >= 2"),
     (RUN, "--checkpoint-every", "-1", "a number >= 0"),
+    (RUN, "--read-timeout", "0", "a number > 0"),
+    (RUN, "--cache-size", "lots", "a size in bytes or with a unit"),
+    (RUN, "--cache-size", "0", "a size in bytes or with a unit"),
+    (RUN, "--redirector", "cmsxrootd.fnal.gov", "a root://, roots://, http:// or https:// url"),
     (PREPROCESS, "--step-size", "0", "an integer >= 1"),
     (PREPROCESS, "--workers", "0", "an integer >= 1"),
+    (PREPROCESS, "--read-timeout", "-1", "a number > 0"),
+    (PREPROCESS, "--redirector", "/store/x", "a root://, roots://, http:// or https:// url"),
 ]
 
 

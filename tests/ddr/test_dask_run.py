@@ -55,6 +55,8 @@ def test_local_and_dask_give_identical_output(tmp_path):
     assert _events(rl) == _events(rd)
     assert all(done == expected and complete for done, expected, complete in _events(rd).values())
     assert sum(r["chunks_done"] for r in rd["datasets"].values()) > 4  # several chunks, so accumulations ran
+    # the bytes each task read travel back from the library processes beside the dask workers too
+    assert all(r["bytes_read"]["local"] > 0 and r["bytes_read"]["remote"] == 0 for r in rd["datasets"].values())
 
 
 def test_sigkill_of_a_dask_worker_holding_partials(tmp_path):

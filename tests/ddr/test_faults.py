@@ -296,7 +296,7 @@ def _flaky_source(counter, failures):
                 f.seek(0)
                 if len(f.read().splitlines()) < failures:
                     f.write(f"{os.getpid()}\n")
-                    raise OSError("Connection reset by peer while reading baskets")
+                    raise ConnectionResetError(104, "Connection reset by peer while reading baskets")
             return super().chunks(ranges, notifications)
 
     return FlakySource

@@ -338,3 +338,29 @@ def test_a_setup_error_is_fatal_even_with_keep_going():
     w.capacity()
     w.end(w.jobs()[0].job, Outcome.SETUP, error=OSError(28, "No space left on device"))
     assert w.ended.status is RunStatus.FAILED and w.ended.error.errno == 28
+
+
+def test_a_counts_setup_error_stops_without_calling_the_file_bad():
+    ds = Dataset("ds", (FileSpec("root://h//a.root", "Events", None),), {})
+    m = ReductionState({"ds": FilesetPlanner(ds, ChunkSizer(fixed=10))}, skip_bad_files=True)
+    w = World(m)
+    w.capacity(n=1)
+    (count,) = w.jobs(Kind.COUNT)
+    w.end(count.job, Outcome.SETUP, error=ModuleNotFoundError("No module named 'fsspec_xrootd'"))
+    assert w.ended.status is RunStatus.FAILED and "fsspec_xrootd" in str(w.ended.error)
+    assert m.datasets["ds"].ledger.files_bad == []
+
+
+def test_task_metrics_are_summed_per_dataset_whatever_the_outcome():
+    m = ReductionState({"a": fileset_planner(20, chunk=10), "b": GenericPlanner("b", [(0, 1)])},
+                       keep_going=True)
+    w = World(m)
+    w.capacity()
+    a1, a2 = w.jobs(Kind.PROCESS)[:2]
+    w.end(a1.job, metrics=(("bytes_local", 100.0), ("bytes_remote", 7.0)))
+    w.end(a2.job, Outcome.ERROR, error=ValueError("cut"), metrics=(("bytes_local", 50.0),))
+    w.run_all()
+    assert m.datasets["a"].ledger.metrics == {"bytes_local": 150.0, "bytes_remote": 7.0}
+    assert m.datasets["b"].ledger.metrics == {}
+    rep = m.datasets["a"].ledger.to_report()
+    assert rep["bytes_read"] == {"remote": 7, "cache": 0, "local": 150}

@@ -6,7 +6,7 @@ manager's thread hands it messages with :meth:`Links.send` (thread-safe; the
 loop is woken once per burst and writes each worker's messages as one batch)
 and receives everything through one queue, as tuples:
 
-``("hello", addr, gen, info)``       an agent is ready (processes, nthreads, resources)
+``("hello", addr, gen, info)``       an agent is ready (processes, nthreads, resources, host)
 ``("msgs", addr, gen, [message])``   a batch of reports from an agent
 ``("down", addr, gen, why)``         its comm ended or could not be opened
 ``("member+", addr)`` / ``("member-", addr)``   the scheduler's worker events

@@ -193,7 +193,7 @@ class Agent:
         state = self.worker.state
         return ("hello", {"nthreads": int(getattr(state, "nthreads", 1) or 1),
                           "resources": dict(getattr(state, "total_resources", {}) or {}),
-                          "processes": len(self.procs), "pid": os.getpid()})
+                          "processes": len(self.procs), "pid": os.getpid(), "host": _host_of(self.worker)})
 
     async def serve(self) -> None:
         """Talk to the manager over its comm until the comm ends; then stop everything."""
@@ -552,3 +552,14 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+def _host_of(worker: Any) -> str | None:
+    """The machine this dask worker runs on, as its address names it (its node: workers of a host share
+    the node cache of remote files, see vinecore._cache)."""
+    try:
+        from distributed.comm.addressing import get_address_host
+
+        return get_address_host(worker.address)
+    except Exception:  # noqa: BLE001 - an address without a host part: the node is unknown
+        return None

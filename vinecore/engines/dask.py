@@ -27,7 +27,8 @@ How the TaskVine model lands on dask
       to the manager. Temps made from other temps are copied to a second worker
       (``temp_replicas``) so lineage stays as small as the live temps.
     * membership: the scheduler's ``add-worker`` / ``remove-worker`` events; a
-      comm that breaks also ends its worker for this run.
+      comm that breaks also ends its worker for this run. An agent reports its
+      host: the ``node`` of its workers, whose file cache tasks prefer.
     * cancel: the agent kills the library process running the attempt (a queued
       one is dropped) and starts a replacement.
     * lifetime: an agent whose manager's comm closes stops its library processes
@@ -232,6 +233,7 @@ class DaskEngine:
         cores = self.cores_override or int(res.get("cores", nthreads) or nthreads)
         mem = res.get("memory")
         w.load = [0] * n
+        node = info.get("host") or addr.split("://")[-1].rsplit(":", 1)[0]  # its node (one file cache)
         suffix = f"~{gen}" if gen else ""
         for q in range(self.queue_depth):
             for p in range(n):
@@ -239,7 +241,7 @@ class DaskEngine:
                 self._slots[wid] = (addr, p)
                 w.ids.append(wid)
                 self._pending.append(WorkerJoined(wid, cores=max(1, cores // n),
-                                                  memory=int(mem) // n if mem else None, slots=1))
+                                                  memory=int(mem) // n if mem else None, slots=1, node=node))
         for name, payload in self._libraries.items():
             self._send(addr, ("lib", name, wrap(payload)))
         self._order.append(addr)
