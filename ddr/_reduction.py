@@ -1,7 +1,9 @@
 """The reduction core: a pure state machine (events in, actions out).
 
 ``ReductionState.handle(*events) -> list[Action]`` is the only way a run's
-state changes. It knows nothing of vinecore, threads, clocks or files: the
+state changes. It knows nothing of vinecore's tasks or engines, threads, clocks
+or files (it borrows only ``vinecore._frozen.fast_init``, a faster constructor
+for its frozen messages): the
 driver (:mod:`ddr._driver`) turns finished tasks into events, carries out the
 actions, and passes the time in. Every policy below is therefore tested with
 events alone (``tests/ddr/test_reduction.py``).
