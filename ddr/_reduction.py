@@ -3,9 +3,8 @@
 ``ReductionState.handle(*events) -> list[Action]`` is the only way a run's
 state changes. It knows nothing of vinecore's tasks or engines, threads, clocks
 or files (it borrows only ``vinecore._frozen.fast_init``, a faster constructor
-for its frozen messages): the
-driver (:mod:`ddr._driver`) turns finished tasks into events, carries out the
-actions, and passes the time in. Every policy below is therefore tested with
+for its frozen messages): the driver (:mod:`ddr._driver`) turns finished tasks
+into events, carries out the actions, and passes the time in. Every policy below is therefore tested with
 events alone (``tests/ddr/test_reduction.py``).
 
 Jobs and partials
