@@ -46,8 +46,12 @@ from .exceptions import BadInputError, ChunkResourceError, DDRError, ProcessorEr
 
 __all__ = ["Driver", "DatasetProgress", "RunOptions", "pickle_job"]
 
+# hot enum members as module constants: a member looked up on its enum class costs a metaclass attribute lookup
+_PROCESS, _COUNT, _ACCUMULATE = Kind.PROCESS, Kind.COUNT, Kind.ACCUMULATE
+_RUNNING, _SUCCESS = RunStatus.RUNNING, Outcome.SUCCESS
+
 # task categories, as the transactions log and vinecore's per-category statistics show them
-_CATEGORIES = {Kind.PROCESS: "processing", Kind.COUNT: "count", Kind.ACCUMULATE: "accumulating"}
+_CATEGORIES = {_PROCESS: "processing", _COUNT: "count", _ACCUMULATE: "accumulating"}
 
 _OUTCOMES = {
     "resource exhaustion": Outcome.EXHAUSTED,
@@ -133,7 +137,7 @@ class Driver:
         if self.ended is not None:
             return True
         now = self.clock()
-        hungry = self.m.hungry() if self.machine.status is RunStatus.RUNNING else 0
+        hungry = self.m.hungry() if self.machine.status is _RUNNING else 0
         if hungry > 0:
             self._apply(self.machine.handle(Capacity(hungry, now, self.m.statistics().workers)))
         if self._outstanding:
@@ -148,7 +152,7 @@ class Driver:
                 self._apply(self.machine.handle(*events))
         elif self.ended is None:
             wake_at = self.machine.next_wakeup()
-            if wake_at is None and self.machine.status is RunStatus.RUNNING and hungry > 0:
+            if wake_at is None and self.machine.status is _RUNNING and hungry > 0:
                 raise DDRError("internal error: the reduction has nothing in flight and nothing to wait for, but "
                                f"it has not finished ({self.progress()}); please report this with the run directory")
             delay = timeout if wake_at is None else min(timeout, max(0.0, wake_at - now))
@@ -234,20 +238,20 @@ class Driver:
                 self.ended = a
 
     def _submit(self, a: Submit) -> None:
-        if a.kind is Kind.PROCESS:
+        if a.kind is _PROCESS:
             t = vinecore.FunctionCall(self.lib, "process", a.work.item)
             t.enable_temp_output()
             t.set_cores(self.opt.cores)
             if self.opt.time_max:
                 t.set_time_max(self.opt.time_max)
-        elif a.kind is Kind.ACCUMULATE:
+        elif a.kind is _ACCUMULATE:
             t = vinecore.FunctionCall(self.lib, "accumulate", *(self._temps[p] for p in a.inputs))
             t.enable_temp_output()
             t.set_cores(1)
         else:
             t = vinecore.FunctionCall(self.lib, "count", *a.count.args)
             t.set_cores(1)
-        if self.opt.memory and a.kind is not Kind.COUNT:
+        if self.opt.memory and a.kind is not _COUNT:
             t.set_memory(self.opt.memory)
         t.set_category(_CATEGORIES[a.kind])
         t.set_priority(a.priority)
@@ -272,9 +276,9 @@ class Driver:
         if t.successful:
             if t.output_file is not None:
                 self._temps[job] = t.output_file
-            if sub.kind is Kind.PROCESS and self.first_result_at is None:
+            if sub.kind is _PROCESS and self.first_result_at is None:
                 self.first_result_at = now
-            return JobEnded(job, Outcome.SUCCESS, now, value=t.output, wall=wall, memory=mem, metrics=metrics)
+            return JobEnded(job, _SUCCESS, now, value=t.output, wall=wall, memory=mem, metrics=metrics)
         err = t.output if isinstance(t.output, BaseException) else RuntimeError(str(t.output))
         outcome = _OUTCOMES.get(t.result)
         transient = False
@@ -296,7 +300,7 @@ class Driver:
             return err
         if outcome is Outcome.SETUP:
             return _setup_error(err, self.m.run_dir)
-        if sub.kind is Kind.ACCUMULATE:
+        if sub.kind is _ACCUMULATE:
             if isinstance(err, vinecore.TempLostError):
                 return DDRError(f"dataset {sub.dataset!r}: a partial result was lost with every worker that held "
                                 f"a copy of it ({err}); the events it covered are missing from this run. Run it "
@@ -307,7 +311,7 @@ class Driver:
                             f"{outcome.value}: {err}")
         item = sub.work.item if sub.work is not None else (sub.count.file.path if sub.count else None)
         if outcome is Outcome.ERROR:
-            if sub.kind is Kind.COUNT:
+            if sub.kind is _COUNT:
                 return DDRError(f"dataset {sub.dataset!r}: counting the entries of {item} failed: "
                                 f"{type(err).__name__}: {err}")
             return ProcessorError.from_task(sub.dataset, item, err)

@@ -1,9 +1,10 @@
 """The reduction core: a pure state machine (events in, actions out).
 
 ``ReductionState.handle(*events) -> list[Action]`` is the only way a run's
-state changes. It knows nothing of vinecore, threads, clocks or files: the
-driver (:mod:`ddr._driver`) turns finished tasks into events, carries out the
-actions, and passes the time in. Every policy below is therefore tested with
+state changes. It knows nothing of vinecore's tasks or engines, threads, clocks
+or files (it borrows only ``vinecore._frozen.fast_init``, a faster constructor
+for its frozen messages): the driver (:mod:`ddr._driver`) turns finished tasks
+into events, carries out the actions, and passes the time in. Every policy below is therefore tested with
 events alone (``tests/ddr/test_reduction.py``).
 
 Jobs and partials
@@ -68,6 +69,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from vinecore._frozen import fast_init
+
 from ._ledger import Coverage, DatasetLedger
 from ._planner import CountRequest, Planner, Work
 
@@ -101,6 +104,11 @@ class Outcome(str, enum.Enum):
     UNSATISFIABLE = "unsatisfiable"
     SETUP = "setup error"  # the workers' environment cannot run anything: a full disk, a missing module
     CANCELLED = "cancelled"
+
+
+# hot enum members as module constants: a member looked up on its enum class costs a metaclass attribute lookup
+_PROCESS, _COUNT, _ACCUMULATE = Kind.PROCESS, Kind.COUNT, Kind.ACCUMULATE
+_RUNNING, _SUCCESS = RunStatus.RUNNING, Outcome.SUCCESS
 
 
 # ------------------------------------------------------------------ events
@@ -251,7 +259,7 @@ class ReductionState:
         self.skip_bad_files = skip_bad_files
         self.keep_going = keep_going
         self.backoff = backoff or (0.0,)
-        self.status = RunStatus.RUNNING
+        self.status = _RUNNING
         self.error: BaseException | None = None
         self.stopping = False
         self._next = 1
@@ -278,7 +286,7 @@ class ReductionState:
         d = self.datasets[dataset]
         parts = list(d.pool)
         for job in self.jobs.values():
-            if job.kind is Kind.ACCUMULATE and job.dataset == dataset:
+            if job.kind is _ACCUMULATE and job.dataset == dataset:
                 parts.extend(job.inputs)
         if d.seed is not None:
             parts.append(d.seed)
@@ -319,7 +327,7 @@ class ReductionState:
             for d in sorted((self.datasets[n] for n in self._dirty), key=lambda d: d.rank):
                 self._reduce(d, out)
             self._dirty.clear()
-        if self.status is RunStatus.RUNNING:
+        if self.status is _RUNNING:
             if not self._live:
                 self.status = RunStatus.FINISHED
                 out.append(RunEnded(RunStatus.FINISHED))
@@ -334,7 +342,7 @@ class ReductionState:
         return n
 
     def _on_capacity(self, ev: Capacity, out: list[Action]) -> None:
-        if self.status is not RunStatus.RUNNING:
+        if self.status is not _RUNNING:
             return
         budget = ev.slots
         for d in self._live:
@@ -348,19 +356,19 @@ class ReductionState:
                     break
                 budget -= 1
                 if isinstance(got, CountRequest):
-                    self._submit(Kind.COUNT, d, out, count=got)
+                    self._submit(_COUNT, d, out, count=got)
                 else:
-                    self._submit(Kind.PROCESS, d, out, work=got)
+                    self._submit(_PROCESS, d, out, work=got)
 
     def _submit(self, kind: Kind, d: _Dataset, out: list[Action], *, work: Work | None = None,
                 count: CountRequest | None = None, inputs: tuple[tuple[int, Coverage], ...] = (),
                 attempts: int = 1) -> None:
         job = self._new_id()
         self.jobs[job] = _Job(kind, d.name, work, count, inputs, attempts)
-        if kind is Kind.ACCUMULATE:
+        if kind is _ACCUMULATE:
             d.accumulating += 1
             prio = ACCUMULATE_PRIORITY - d.rank
-        elif kind is Kind.COUNT:
+        elif kind is _COUNT:
             d.working += 1
             prio = COUNT_PRIORITY - d.rank
         else:
@@ -376,11 +384,11 @@ class ReductionState:
     def _job_done(self, job: _Job) -> _Dataset:
         d = self.datasets[job.dataset]
         self._dirty.add(d.name)
-        if job.kind is Kind.ACCUMULATE:
+        if job.kind is _ACCUMULATE:
             d.accumulating -= 1
         else:
             d.working -= 1
-            if job.kind is Kind.PROCESS:
+            if job.kind is _PROCESS:
                 d.ledger.chunks_running -= 1
         return d
 
@@ -391,9 +399,9 @@ class ReductionState:
         d = self._job_done(job)
         for name, value in ev.metrics:  # e.g. bytes read remotely / from the node cache (ddr._remote)
             d.ledger.metrics[name] = d.ledger.metrics.get(name, 0) + value
-        if job.kind is Kind.PROCESS:
+        if job.kind is _PROCESS:
             self._process_ended(d, job, ev, out)
-        elif job.kind is Kind.COUNT:
+        elif job.kind is _COUNT:
             self._count_ended(d, job, ev, out)
         else:
             self._accumulate_ended(d, job, ev, out)
@@ -404,7 +412,7 @@ class ReductionState:
         assert work is not None
         led = d.ledger
         o = ev.outcome
-        if o is Outcome.SUCCESS:
+        if o is _SUCCESS:
             led.chunks_done += 1
             led.events_processed += work.size
             d.planner.observe(work, ev.wall, ev.memory)
@@ -462,7 +470,7 @@ class ReductionState:
         assert req is not None
         planner: Any = d.planner
         o = ev.outcome
-        if o is Outcome.SUCCESS:
+        if o is _SUCCESS:
             entries, uuid = ev.value
             planner.counted(req, int(entries), uuid)
             return
@@ -487,7 +495,7 @@ class ReductionState:
     # ----------------------------------------------------------- accumulate
     def _accumulate_ended(self, d: _Dataset, job: _Job, ev: JobEnded, out: list[Action]) -> None:
         o = ev.outcome
-        if o is Outcome.SUCCESS:
+        if o is _SUCCESS:
             cov = Coverage()
             for p, c in job.inputs:
                 cov = cov.merge(c)
@@ -496,15 +504,15 @@ class ReductionState:
         elif o in (Outcome.EXHAUSTED, Outcome.TIMED_OUT) and len(job.inputs) > 2:
             half = len(job.inputs) // 2
             d.ledger.splits.append({"accumulation_inputs": len(job.inputs), "into": [half, len(job.inputs) - half]})
-            self._submit(Kind.ACCUMULATE, d, out, inputs=job.inputs[:half])
-            self._submit(Kind.ACCUMULATE, d, out, inputs=job.inputs[half:])
+            self._submit(_ACCUMULATE, d, out, inputs=job.inputs[:half])
+            self._submit(_ACCUMULATE, d, out, inputs=job.inputs[half:])
         elif o in (Outcome.EXHAUSTED, Outcome.TIMED_OUT):
             d.pool.extend(job.inputs)  # still held on the workers: nothing is lost
             d.merge_on_manager = True
             out.append(Notice("merge_on_manager", d.name, f"merging two partial results on a worker: {o.value}; "
                               "this dataset's final merge happens on the manager"))
         elif o in (Outcome.LOST, Outcome.CANCELLED) and job.attempts <= self.retries:
-            self._submit(Kind.ACCUMULATE, d, out, inputs=job.inputs, attempts=job.attempts + 1)
+            self._submit(_ACCUMULATE, d, out, inputs=job.inputs, attempts=job.attempts + 1)
         else:
             d.pool.extend(job.inputs)
             d.broken = True
@@ -518,17 +526,17 @@ class ReductionState:
             return
         if not d.merge_on_manager:
             while len(d.pool) >= self.k:
-                self._submit(Kind.ACCUMULATE, d, out, inputs=tuple(d.pool.popleft() for _ in range(self.k)))
+                self._submit(_ACCUMULATE, d, out, inputs=tuple(d.pool.popleft() for _ in range(self.k)))
         if d.working or d.accumulating or not d.planner.exhausted:
             return
-        if not d.pool and d.seed is None and not d.tried_empty and self.status is RunStatus.RUNNING:
+        if not d.pool and d.seed is None and not d.tried_empty and self.status is _RUNNING:
             d.tried_empty = True
             empty = d.planner.empty_item()
             if empty is not None and not d.ledger.failed and not d.ledger.files_bad:
-                self._submit(Kind.PROCESS, d, out, work=empty)
+                self._submit(_PROCESS, d, out, work=empty)
                 return
         if len(d.pool) > 1 and not d.merge_on_manager:
-            self._submit(Kind.ACCUMULATE, d, out, inputs=tuple(d.pool))
+            self._submit(_ACCUMULATE, d, out, inputs=tuple(d.pool))
             d.pool.clear()
             return
         parts = list(d.pool) + ([d.seed] if d.seed is not None else [])
@@ -555,19 +563,19 @@ class ReductionState:
 
     # ------------------------------------------------------------- stopping
     def _stop(self, status: RunStatus, error: BaseException | None, out: list[Action]) -> None:
-        if self.status is not RunStatus.RUNNING:
+        if self.status is not _RUNNING:
             return
         self.status, self.error, self.stopping = status, error, True
         self._dirty.update(self.datasets)
         for job_id, job in list(self.jobs.items()):
             d = self.datasets[job.dataset]
-            if job.kind is Kind.ACCUMULATE and status is RunStatus.FAILED and self._processing_complete(d):
+            if job.kind is _ACCUMULATE and status is RunStatus.FAILED and self._processing_complete(d):
                 continue  # this dataset can still finish
             del self.jobs[job_id]
             self._job_done(job)
-            if job.kind is Kind.ACCUMULATE:
+            if job.kind is _ACCUMULATE:
                 d.pool.extend(job.inputs)
-            elif job.kind is Kind.COUNT:
+            elif job.kind is _COUNT:
                 d.planner.count_failed(job.count)  # type: ignore[attr-defined]
             out.append(CancelJob(job_id))
 
@@ -581,3 +589,8 @@ def _describe(item: Any) -> dict[str, Any]:
     if hasattr(item, "path") and hasattr(item, "start"):
         return {"file": item.path, "start": item.start, "stop": item.stop}
     return {"item": repr(item)[:120]}
+
+
+for _cls in (Capacity, JobEnded, CancelRun, Submit, CancelJob, Release, Finalize, Notice, RunEnded):
+    fast_init(_cls)  # several per task: set slots directly (still frozen; see vinecore._frozen)
+del _cls

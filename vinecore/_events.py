@@ -15,6 +15,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._frozen import fast_init
+
 __all__ = [
     "Result",
     "TaskState",
@@ -157,3 +159,9 @@ class Transition(Action):
     worker_id: str | None = None
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+for _cls in (TaskSubmitted, CancelRequested, WorkerJoined, WorkerRemoved, TaskFinished, FileForgotten, Dispatch, Kill,
+             Complete, Transition):
+    fast_init(_cls)  # several per task: set slots directly (still frozen; see vinecore._frozen)
+del _cls

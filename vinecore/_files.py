@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass
+
+from ._runtime import _resolve_file
+from ._serialize import dumps, register_reduce
 
 __all__ = ["File", "FileKind"]
 
@@ -54,21 +56,18 @@ class File:
 
     def __reduce__(self):
         # Inside a worker, a File argument resolves to its content (see module docstring).
-        from ._runtime import _resolve_file
-
         if _collecting is not None:
             _collecting.append(self)
         return (_resolve_file, (self.kind, self.cache_name, self.source))
 
 
+register_reduce(File, File.__reduce__)  # found at once in the pickler's table (the same reduction)
 _collecting: list[File] | None = None
 
 
 def dumps_collecting_files(obj) -> tuple[bytes, list[File]]:
     """cloudpickle ``obj`` and list the Files found inside it (a task's inputs)."""
     global _collecting
-    from ._serialize import dumps
-
     _collecting = found = []
     try:
         return dumps(obj), found
@@ -112,4 +111,4 @@ def file_from_url(url: str) -> File:
 
 
 def new_temp() -> File:
-    return File("temp", "temp-" + uuid.uuid4().hex)
+    return File("temp", "temp-" + os.urandom(16).hex())  # as random as uuid4().hex, without building a UUID

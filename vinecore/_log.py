@@ -6,22 +6,32 @@ Each line is a state change of a task: ``time`` (unix seconds), ``task``,
 ``allocated`` (cores, memory MB, time_max s) and ``measured`` (wall_time s,
 memory MB above baseline, peak_rss MB, cpu_time s). Worker joins and removals
 are logged with ``event`` instead of ``task``.
+
+The hot lines (:meth:`TransactionLog.transition`, :meth:`TransactionLog.result`)
+are formatted by hand, byte for byte as ``json.dumps`` writes them, because the
+manager writes several per task. Lines are buffered: :meth:`TransactionLog.flush`
+writes them out, :meth:`TransactionLog.flush_if_stale` only once the oldest
+unwritten line is ``STALE_SECONDS`` old (for callers that poll in a busy loop).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
 
 __all__ = ["TransactionLog"]
 
+STALE_SECONDS = 1.0
+
 
 class TransactionLog:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self._f = open(path, "a", buffering=1 << 16) if path else None
+        self._flushed = time.monotonic()
 
     def write(self, **record: Any) -> None:
         if self._f is None:
@@ -30,15 +40,38 @@ class TransactionLog:
         self._f.write(json.dumps(record, default=str) + "\n")
 
     def transition(self, task: int, category: str | None, state: str, worker: str | None, detail: str) -> None:
-        """One state change: the hot path (five per task), written without the generic JSON encoder."""
+        """One state change: the hot path (four per task), written without the generic JSON encoder."""
         if self._f is None:
             return
-        self._f.write(f'{{"task": {task}, "category": {_str(category)}, "state": "{state}", '
-                      f'"worker": {_str(worker)}, "detail": {_str(detail)}, "time": {time.time():.6f}}}\n')
+        q = _QUOTED.get
+        self._f.write(_TRANSITION % (task, q(category) or _str(category), state, q(worker) or _str(worker),
+                                     q(detail) or _str(detail), time.time()))
+
+    def result(self, task: int, category: str | None, worker: str | None, detail: str | None, attempts: int,
+               cores: Any, memory: Any, time_max: Any, measured: tuple[Any, Any, Any, Any] | None) -> None:
+        """A task's result line, as ``write(task=..., state="result", ...)`` would write it, without the
+        generic JSON encoder. ``measured``: (wall_time, memory, peak_rss, cpu_time), already rounded."""
+        if self._f is None:
+            return
+        if measured is None:
+            m = "null"
+        else:
+            m = (f'{{"wall_time": {_num(measured[0])}, "memory": {_num(measured[1])}, '
+                 f'"peak_rss": {_num(measured[2])}, "cpu_time": {_num(measured[3])}}}')
+        self._f.write(f'{{"task": {_num(task)}, "category": {_str(category)}, "state": "result", '
+                      f'"worker": {_str(worker)}, "detail": {_str(detail)}, "attempts": {_num(attempts)}, '
+                      f'"allocated": {{"cores": {_num(cores)}, "memory": {_num(memory)}, '
+                      f'"time_max": {_num(time_max)}}}, "measured": {m}, "time": {round(time.time(), 6)!r}}}\n')
 
     def flush(self) -> None:
         if self._f is not None:
             self._f.flush()
+            self._flushed = time.monotonic()
+
+    def flush_if_stale(self) -> None:
+        """Flush if the last flush was ``STALE_SECONDS`` ago or more."""
+        if self._f is not None and time.monotonic() - self._flushed >= STALE_SECONDS:
+            self.flush()
 
     def close(self) -> None:
         if self._f is not None:
@@ -49,13 +82,33 @@ class TransactionLog:
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-./:,()#=+")
 
 
+_TRANSITION = '{"task": %d, "category": %s, "state": "%s", "worker": %s, "detail": %s, "time": %.6f}\n'
+_QUOTED: dict[str | None, str] = {None: "null"}  # str -> its JSON text: categories, details, worker names repeat
+_QUOTED_MAX = 16384  # bounded: the log's memory does not grow with the tasks run
+
+
 def _str(value: str | None) -> str:
     """A JSON string (or null); plain text is quoted directly, anything else through json."""
     if value is None:
         return "null"
-    if _PLAIN.issuperset(value):
-        return f'"{value}"'
-    return json.dumps(str(value))
+    if type(value) is str:
+        q = _QUOTED.get(value)
+        if q is None:
+            q = f'"{value}"' if _PLAIN.issuperset(value) else json.dumps(value)
+            if len(_QUOTED) < _QUOTED_MAX:
+                _QUOTED[value] = q
+        return q
+    return json.dumps(value if isinstance(value, str) else str(value))
+
+
+def _num(value: Any) -> str:
+    """A JSON number (or null) as ``json.dumps(value, default=str)`` writes it."""
+    if value is None:
+        return "null"
+    t = type(value)
+    if t is int or (t is float and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, default=str)
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:

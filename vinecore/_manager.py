@@ -27,10 +27,12 @@ from ._events import (
     FileForgotten,
     Kill,
     Result,
+    TaskState,
     TaskSubmitted,
     Transition,
 )
 from ._files import File, dumps_collecting_files, file_from_buffer, file_from_path, file_from_url, new_temp
+from ._frozen import fast_init
 from ._log import TransactionLog
 from ._runtime import Outcome, TaskSpec
 from ._state import Scheduler
@@ -39,13 +41,21 @@ from .exceptions import FileFetchError, ManagerClosedError, TaskSubmissionError,
 
 __all__ = ["Manager", "Statistics", "ManagerState"]
 
+_STATE_NAMES = {s: s.value for s in TaskState}  # the log's state names, without the enum's property lookup
+_RESULT_NAMES = {r: r.value for r in Result}
+
 
 class ManagerState(enum.Enum):
     RUNNING = "running"  # engine started; accepts tasks
     CLOSED = "closed"  # engine stopped; every call but close() raises
 
 
-@dataclass(frozen=True)
+_CLOSED = ManagerState.CLOSED  # module constants: a member looked up on its enum class costs a metaclass lookup
+_SUCCESS = Result.SUCCESS
+
+
+@fast_init  # built every step of a ddr run
+@dataclass(frozen=True, slots=True)
 class Statistics:
     """A snapshot of the manager; ``Manager.statistics()`` returns a new one each call."""
 
@@ -108,7 +118,7 @@ class Manager:
         self._log = TransactionLog(os.path.join(self.run_dir, "transactions.jsonl"))
         self._scheduler = Scheduler()
         self._tasks: dict[int, Task] = {}
-        self._specs: dict[int, TaskSpec] = {}
+        self._specs: dict[int, tuple] = {}  # task id -> the TaskSpec fields of its attempts (see _spec_of)
         self._done: deque[Task] = deque()
         self._libraries: dict[str, Library] = {}
         self._next_id = 1
@@ -145,7 +155,7 @@ class Manager:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _check_open(self, what: str) -> None:
-        if self.state is ManagerState.CLOSED:
+        if self.state is _CLOSED:
             raise ManagerClosedError(
                 f"cannot {what}: this Manager was closed. Create a new vinecore.Manager "
                 "(or keep using one inside its `with` block).")
@@ -243,7 +253,8 @@ class Manager:
     # ---------------------------------------------------------------- tasks
     def submit(self, task: Task) -> int:
         """Queue ``task``; returns its id. Never blocks on workers."""
-        self._check_open("submit a task")
+        if self.state is _CLOSED:
+            self._check_open("submit a task")
         if not isinstance(task, PythonTask):
             raise TaskSubmissionError(f"submit() takes a vinecore.PythonTask or FunctionCall, got {task!r}")
         if task.id is not None:
@@ -269,31 +280,38 @@ class Manager:
         self._next_id += 1
         task.id = tid
         task.manager = self
-        inputs = [f.cache_name for f in arg_files] + [f.cache_name for f, _ in task.inputs]
-        outputs = [f.cache_name for f, _ in task.outputs]
-        if task.output_file is not None:
-            outputs.append(task.output_file.cache_name)
-        self._specs[tid] = TaskSpec(
-            task_id=tid, attempt=0, payload=payload,
-            library=getattr(task, "library_name", None), function=getattr(task, "function_name", None),
-            inputs=tuple((f.kind, f.cache_name, f.source, n) for f, n in task.inputs),
-            outputs=tuple((f.kind, f.cache_name, f.source, n) for f, n in task.outputs),
-            output_temp=task.output_file.cache_name if task.output_file is not None else None,
-            arg_temps=tuple(dict.fromkeys(f.cache_name for f in arg_files if f.kind == "temp")),
-            cores=task.cores or 1, memory=task.memory, time_max=task.time_max, category=task.category)
+        library = getattr(task, "library_name", None)
+        sandbox_in, sandbox_out, out_file = task.inputs, task.outputs, task.output_file
+        outputs = tuple(f.cache_name for f, _ in sandbox_out)
+        if out_file is not None:
+            outputs += (out_file.cache_name,)
+        if arg_files or sandbox_in:
+            inputs = tuple(dict.fromkeys([f.cache_name for f in arg_files] + [f.cache_name for f, _ in sandbox_in]))
+            temps = tuple(dict.fromkeys(f.cache_name for f in [*arg_files, *(f for f, _ in sandbox_in)]
+                                        if f.kind == "temp"))
+            arg_temps = tuple(dict.fromkeys(f.cache_name for f in arg_files if f.kind == "temp"))
+        else:
+            inputs = temps = arg_temps = ()
+        # what every attempt's TaskSpec holds besides its id, attempt and cores (see _spec_of)
+        self._specs[tid] = (
+            payload, library, getattr(task, "function_name", None),
+            tuple((f.kind, f.cache_name, f.source, n) for f, n in sandbox_in) if sandbox_in else (),
+            tuple((f.kind, f.cache_name, f.source, n) for f, n in sandbox_out) if sandbox_out else (),
+            out_file.cache_name if out_file is not None else None, arg_temps,
+            task.memory, task.time_max, task.category)
         self._tasks[tid] = task
         self._submitted += 1
         self._apply(self._scheduler.handle(TaskSubmitted(
-            tid, priority=task.priority, cores=task.cores, memory=task.memory, retries=task.retries,
-            inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs), locality=task.locality,
-            temps=tuple(dict.fromkeys(f.cache_name for f in [*arg_files, *(f for f, _ in task.inputs)]
-                                      if f.kind == "temp")),
-            library=getattr(task, "library_name", None))))
+            tid, task.priority, task.cores, task.memory, task.retries, inputs, temps, outputs, task.locality,
+            library)))
         return tid
 
     def wait(self, timeout: float | None = None) -> Task | None:
         """Return a finished task, waiting at most ``timeout`` seconds (None: until one finishes)."""
-        self._check_open("wait")
+        if self.state is _CLOSED:
+            self._check_open("wait")
+        if self._done:
+            return self._done.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._done:
@@ -305,7 +323,10 @@ class Manager:
             if events:
                 self._apply(self._scheduler.handle(*events))
             elif not getattr(self._engine, "poll_waits", True) or (remaining is not None and remaining <= 0):
-                self._log.flush()
+                if timeout == 0:  # a non-blocking poll: the caller is busy and comes back soon
+                    self._log.flush_if_stale()
+                else:  # idle: the log is complete up to now
+                    self._log.flush()
                 return self._done.popleft() if self._done else None
 
     def wait_for_tag(self, tag: str, timeout: float | None = None) -> Task | None:
@@ -359,21 +380,30 @@ class Manager:
 
     # ------------------------------------------------------------ internals
     def _apply(self, actions) -> None:
+        log, tasks = self._log, self._tasks
         for a in actions:
-            if isinstance(a, Dispatch):
-                self._engine.execute(a.worker_id, _attempt_of(self._specs[a.task_id], a.attempt, a.cores))
-            elif isinstance(a, Transition):
-                t = self._tasks.get(a.task_id)
-                self._log.transition(a.task_id, t.category if t else None, a.new.value, a.worker_id, a.detail)
-            elif isinstance(a, Complete):
+            kind = type(a)
+            if kind is Transition:  # four per task: the hottest
+                t = tasks.get(a.task_id)
+                log.transition(a.task_id, t.category if t else None, _STATE_NAMES[a.new], a.worker_id, a.detail)
+            elif kind is Dispatch:
+                self._engine.execute(a.worker_id, self._spec_of(a))
+            elif kind is Complete:
                 self._complete(a)
-            elif isinstance(a, Kill):
+            elif kind is Kill:
                 self._engine.kill(a.task_id, a.worker_id)
+
+    def _spec_of(self, a: Dispatch) -> TaskSpec:
+        """The TaskSpec of one attempt, from what ``submit`` kept (built once per attempt)."""
+        (payload, library, function, inputs, outputs, output_temp, arg_temps, memory, time_max,
+         category) = self._specs[a.task_id]
+        return TaskSpec(a.task_id, a.attempt, payload, library, function, inputs, outputs, output_temp, arg_temps,
+                        a.cores, memory, time_max, category)
 
     def _complete(self, a: Complete) -> None:
         task = self._tasks.pop(a.task_id)
         self._specs.pop(a.task_id, None)
-        task.result = a.result.value
+        task.result = _RESULT_NAMES[a.result]
         task.worker = a.worker_id
         task.attempts = a.attempts
         rep = a.report
@@ -387,30 +417,17 @@ class Manager:
                     task.output = _serialize.loads(rep.output)
                 except Exception as exc:  # the value exists remotely but not here
                     task.output = exc
-                    if a.result is Result.SUCCESS:
+                    if a.result is _SUCCESS:
                         task.result = Result.EXCEPTION.value
         elif a.reason:
             task.output = _failure(a.result, a.reason)
-        if a.result is not Result.SUCCESS and task.output is None:
+        if a.result is not _SUCCESS and task.output is None:
             task.output = _failure(a.result, a.reason or a.result.value)
         m = task.resources_measured
-        self._log.write(task=task.id, category=task.category, state="result", worker=task.worker,
-                        detail=task.result, attempts=task.attempts,
-                        allocated={"cores": task.cores, "memory": task.memory, "time_max": task.time_max},
-                        measured=None if m is None else {"wall_time": round(m.wall_time, 6), "memory": round(m.memory, 3),
-                                                          "peak_rss": round(m.peak_rss, 3), "cpu_time": round(m.cpu_time, 6)})
+        self._log.result(task.id, task.category, task.worker, task.result, task.attempts, task.cores, task.memory,
+                         task.time_max, None if m is None else (round(m.wall_time, 6), round(m.memory, 3),
+                                                                round(m.peak_rss, 3), round(m.cpu_time, 6)))
         self._done.append(task)
-
-
-def _attempt_of(spec: TaskSpec, attempt: int, cores: int) -> TaskSpec:
-    """``spec`` for one attempt: a field-by-field copy (``dataclasses.replace`` re-runs ``__init__`` and
-    is several times slower on this hot path)."""
-    new = object.__new__(TaskSpec)
-    for name in TaskSpec.__slots__:
-        object.__setattr__(new, name, getattr(spec, name))
-    object.__setattr__(new, "attempt", attempt)
-    object.__setattr__(new, "cores", cores)
-    return new
 
 
 def _failure(result: Result, reason: str) -> BaseException:

@@ -60,6 +60,7 @@ from typing import Any
 
 from . import _serialize
 from ._events import Result
+from ._frozen import fast_init
 
 __all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context", "is_out_of_memory",
            "load_variable_from_library", "current_worker", "report_metric", "node_cache"]
@@ -67,6 +68,7 @@ __all__ = ["TaskSpec", "Outcome", "DirStore", "WorkerRuntime", "library_context"
 _MB = 1024 * 1024
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """Everything a worker needs to run one attempt of a task."""
@@ -86,6 +88,7 @@ class TaskSpec:
     category: str = "default"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     task_id: int

@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["dumps", "loads", "RemoteError", "exception_payload"]
+__all__ = ["dumps", "loads", "RemoteError", "exception_payload", "register_reduce"]
 
 
 _cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
@@ -36,8 +36,31 @@ def _reduce_code(code: types.CodeType) -> tuple:
     return _code_at, (constructor, args, code.co_filename)
 
 
+class _Dispatch(ChainMap):
+    """cloudpickle's dispatch table (itself a ChainMap over copyreg's, so later registrations count),
+    flattened and searched without raising KeyError in every map: the C pickler asks it about every
+    object of a class it does not know (a task's work items, Files)."""
+
+    def __getitem__(self, key):
+        for m in self.maps:
+            r = m.get(key, _MISSING)
+            if r is not _MISSING:
+                return r
+        raise KeyError(key)
+
+
+_MISSING = object()
+_OURS: dict[Any, Any] = {types.CodeType: _reduce_code}
+_base_table = cloudpickle.Pickler.dispatch_table
+
+
 class _Pickler(cloudpickle.Pickler):
-    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+    dispatch_table = _Dispatch(_OURS, *(_base_table.maps if isinstance(_base_table, ChainMap) else [_base_table]))
+
+
+def register_reduce(cls: type, reduce: Any) -> None:
+    """Pickle instances of exactly ``cls`` with ``reduce(obj)`` (found first, before copyreg's table)."""
+    _OURS[cls] = reduce
 
 
 def dumps(obj: Any) -> bytes:

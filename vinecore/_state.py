@@ -67,9 +67,14 @@ from ._events import (
     WorkerJoined,
     WorkerRemoved,
 )
+from ._frozen import fast_init
 
 __all__ = ["Scheduler", "SchedulerCounts"]
 
+# enum members as module constants: looking a member up on its class goes through the enum's metaclass
+_WAITING, _READY, _RUNNING, _DONE = TaskState.WAITING, TaskState.READY, TaskState.RUNNING, TaskState.DONE
+_SUCCESS = Result.SUCCESS
+_VALUE = {r: r.value for r in Result}  # without the enum's property lookup
 _RETRYABLE = frozenset({Result.EXCEPTION, Result.WORKER_LOST})
 _SCAN_LIMIT = 64  # ready entries examined for one worker before giving up
 _RECENT_KEYS = 16  # locality keys remembered per worker
@@ -77,6 +82,7 @@ _LAST_KEYS = 4096  # locality keys whose last worker is remembered
 _NODE_KEYS = 256  # locality keys remembered per node
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SchedulerCounts:
     waiting: int
@@ -168,14 +174,15 @@ class Scheduler:
         self._cores = self._slots = 0  # totals over the workers (kept up to date: O(1) queries at any size)
         self._last_worker: OrderedDict[str, str] = OrderedDict()  # locality key -> worker that last ran it
         self._affine: list[tuple[int, int]] = []  # (id, token) just ready, whose key has a last worker
+        self._fitting: set[tuple] = set()  # (cores, memory) that some present worker could run
 
     # ------------------------------------------------------------ queries
     def counts(self) -> SchedulerCounts:
         return SchedulerCounts(
-            waiting=self._n[TaskState.WAITING],
-            ready=self._n[TaskState.READY],
-            running=self._n[TaskState.RUNNING],
-            done=self._n[TaskState.DONE],
+            waiting=self._n[_WAITING],
+            ready=self._n[_READY],
+            running=self._n[_RUNNING],
+            done=self._n[_DONE],
             failed=self._n_failed,
             workers=len(self.workers),
             cores=self._cores,
@@ -185,7 +192,7 @@ class Scheduler:
     def in_flight(self) -> int:
         """Tasks submitted and not done (waiting, ready or running)."""
         n = self._n
-        return n[TaskState.WAITING] + n[TaskState.READY] + n[TaskState.RUNNING]
+        return n[_WAITING] + n[_READY] + n[_RUNNING]
 
     def hungry(self) -> int:
         want = max(self.hungry_minimum, self.hungry_factor * self._slots)
@@ -227,14 +234,14 @@ class Scheduler:
             self._available.discard(name)
             self._failed_files.pop(name, None)
         missing_reason = None
-        temps = set(ev.temps)
+        temps = set(ev.temps) if ev.temps else ()
         for name in t.inputs:
             if name in self._failed_files:
                 missing_reason = f"input {name} will never exist: {self._failed_files[name]}"
             elif (name in temps or name in self._producer) and name not in self._available:
                 t.missing.add(name)
                 self._waiters.setdefault(name, []).append(t.id)
-        self._set_state(t, TaskState.WAITING, out)
+        self._set_state(t, _WAITING, out)
         unfit = self._unsatisfiable(t)
         if unfit:
             self._finish(t, Result.UNSATISFIABLE, out, reason=unfit)
@@ -260,12 +267,13 @@ class Scheduler:
         if w is None:
             return
         self._free.pop(w.id, None)
+        self._fitting.clear()
         self._cores -= w.cores
         self._slots -= w.slots
         for tid in sorted(w.running):
             t = self.tasks[tid]
             t.worker = None
-            if t.state is TaskState.RUNNING:
+            if t.state is _RUNNING:
                 self._attempt_ended(t, Result.WORKER_LOST, None, w.id, out, ev.reason)
         if self.workers and (w.cores >= max(x.cores for x in self.workers.values())
                              or w.memory is not None):
@@ -273,10 +281,10 @@ class Scheduler:
 
     def _on_cancel(self, ev: CancelRequested, out: list[Action]) -> None:
         t = self.tasks.get(ev.task_id)
-        if t is None or t.state is TaskState.DONE:
+        if t is None or t.state is _DONE:
             return
         t.cancelled = True
-        if t.state is TaskState.RUNNING and t.worker is not None:
+        if t.state is _RUNNING and t.worker is not None:
             out.append(Kill(t.id, t.worker))
         self._finish(t, Result.CANCELLED, out, reason="cancelled by the manager")
 
@@ -292,11 +300,11 @@ class Scheduler:
         if t is None or t.worker != ev.worker_id:
             return  # a late report for an attempt already written off
         self._release_slot(t, w)
-        if t.state is not TaskState.RUNNING:
+        if t.state is not _RUNNING:
             del self.tasks[t.id]  # cancelled while running: only the slot needed freeing
             return
-        if ev.result is Result.SUCCESS:
-            self._finish(t, Result.SUCCESS, out, report=ev.report, worker=ev.worker_id)
+        if ev.result is _SUCCESS:
+            self._finish(t, _SUCCESS, out, report=ev.report, worker=ev.worker_id)
         else:
             self._attempt_ended(t, ev.result, ev.report, ev.worker_id, out, "")
 
@@ -305,7 +313,11 @@ class Scheduler:
         """Why no present worker could ever run ``t`` ("" if one could, or if there are no workers yet)."""
         if not self.workers or (not t.cores and not t.memory):
             return ""
+        shape = (t.cores, t.memory)
+        if shape in self._fitting:  # known to fit (forgotten when a worker leaves)
+            return ""
         if any(w.could_fit(t) for w in self.workers.values()):
+            self._fitting.add(shape)
             return ""
         cores = max(w.cores for w in self.workers.values())
         mems = [w.memory for w in self.workers.values() if w.memory]
@@ -316,14 +328,14 @@ class Scheduler:
 
     def _fail_unsatisfiable(self, out: list[Action]) -> None:
         for t in list(self.tasks.values()):
-            if t.state in (TaskState.WAITING, TaskState.READY):
+            if t.state in (_WAITING, _READY):
                 why = self._unsatisfiable(t)
                 if why:
                     self._finish(t, Result.UNSATISFIABLE, out, reason=why)
     def _attempt_ended(self, t: _Task, result: Result, report, worker: str | None,
                        out: list[Action], why: str) -> None:
         if result in _RETRYABLE and t.attempts <= t.retries:
-            out.append(Transition(t.id, t.state, TaskState.READY, worker,
+            out.append(Transition(t.id, t.state, _READY, worker,
                                   f"retry {t.attempts}/{t.retries} after {result.value}"
                                   + (f" ({why})" if why else "")))
             self._n[t.state] -= 1
@@ -342,18 +354,19 @@ class Scheduler:
         t.alloc_cores = 0
 
     def _set_state(self, t: _Task, new: TaskState, out: list[Action], worker=None, detail="") -> None:
-        if t.state is not None:
-            self._n[t.state] -= 1
-        out.append(Transition(t.id, t.state, new, worker, detail))
+        old = t.state
+        if old is not None:
+            self._n[old] -= 1
+        out.append(Transition(t.id, old, new, worker, detail))
         t.state = new
         self._n[new] += 1
 
     def _make_ready(self, t: _Task, out: list[Action], log: bool = True) -> None:
         if log:
-            self._set_state(t, TaskState.READY, out)
+            self._set_state(t, _READY, out)
         else:
-            t.state = TaskState.READY
-            self._n[TaskState.READY] += 1
+            t.state = _READY
+            self._n[_READY] += 1
         t.token += 1
         self._seq += 1
         heapq.heappush(self._heap, (-t.priority, self._seq, t.token, t.id))
@@ -364,8 +377,8 @@ class Scheduler:
 
     def _finish(self, t: _Task, result: Result, out: list[Action], *, report=None,
                 worker: str | None = None, reason: str = "") -> None:
-        self._set_state(t, TaskState.DONE, out, worker, result.value if not reason else f"{result.value}: {reason}")
-        if result is not Result.SUCCESS:
+        self._set_state(t, _DONE, out, worker, _VALUE[result] if not reason else f"{_VALUE[result]}: {reason}")
+        if result is not _SUCCESS:
             self._n_failed += 1
         out.append(Complete(t.id, result, report, worker, t.attempts, reason))
         if t.worker is None:  # done tasks are forgotten (memory stays flat however many ran) unless
@@ -373,26 +386,26 @@ class Scheduler:
         for name in t.outputs:
             if self._producer.get(name) != t.id:
                 continue
-            if result is Result.SUCCESS:
+            if result is _SUCCESS:
                 self._available.add(name)
                 for wid in self._waiters.pop(name, ()):
                     waiter = self.tasks.get(wid)  # None: it ended (cancelled) and was forgotten
                     if waiter is None:
                         continue
                     waiter.missing.discard(name)
-                    if waiter.state is TaskState.WAITING and not waiter.missing:
+                    if waiter.state is _WAITING and not waiter.missing:
                         self._make_ready(waiter, out)
             else:
                 why = f"its producer, task {t.id}, ended with {result.value}"
                 self._failed_files[name] = why
                 for wid in self._waiters.pop(name, ()):
                     waiter = self.tasks.get(wid)
-                    if waiter is not None and waiter.state is TaskState.WAITING:
+                    if waiter is not None and waiter.state is _WAITING:
                         self._finish(waiter, Result.EXCEPTION, out, reason=f"input {name} missing: {why}")
 
     def _valid(self, tid: int, token: int) -> bool:
         t = self.tasks.get(tid)
-        return t is not None and t.state is TaskState.READY and t.token == token
+        return t is not None and t.state is _READY and t.token == token
 
     def _top(self):
         while self._heap:
@@ -403,10 +416,11 @@ class Scheduler:
         return None
 
     def _pick(self, w: _Worker) -> _Task | None:
-        top = self._top()
-        if top is None:
-            return None
         node_keys = self._node_recent.get(w.node) if w.node is not None else None
+        if w.recent or node_keys:  # the top's priority is only needed to weigh locality keys
+            top = self._top()
+            if top is None:
+                return None
         for keys in (w.recent, node_keys or ()):
             for key in reversed(keys):
                 dq = self._by_key.get(key)
@@ -421,37 +435,38 @@ class Scheduler:
                     del self._by_key[key]
         skipped = []
         found = None
-        while self._heap and len(skipped) < _SCAN_LIMIT:
-            entry = heapq.heappop(self._heap)
-            if not self._valid(entry[3], entry[2]):
+        heap, tasks = self._heap, self.tasks
+        while heap and len(skipped) < _SCAN_LIMIT:
+            entry = heapq.heappop(heap)
+            t = tasks.get(entry[3])
+            if t is None or t.state is not _READY or t.token != entry[2]:  # stale (see _valid)
                 continue
-            t = self.tasks[entry[3]]
             if w.fits(t):
                 found = t
                 break
             skipped.append(entry)
         for entry in skipped:
-            heapq.heappush(self._heap, entry)
+            heapq.heappush(heap, entry)
         return found
 
     def _schedule(self, out: list[Action]) -> None:
         if self._affine:
             self._schedule_affine(out)
-        if not self._n[TaskState.READY] or not self._free:
+        n, free = self._n, self._free
+        if not n[_READY] or not free:
             return
-        for wid in list(self._free):
+        for _ in range(len(free)):  # each worker free now once, in order (without copying the free list)
+            wid = next(iter(free))
             w = self.workers[wid]
-            while self._n[TaskState.READY] and w.has_room():
+            while n[_READY] and w.has_room():
                 t = self._pick(w)
                 if t is None:
                     break
                 self._dispatch(t, w, out)
-            if not w.has_room():
-                self._free.pop(wid, None)
-            else:
-                self._free.pop(wid, None)  # round robin: move to the back
-                self._free[wid] = None
-            if not self._n[TaskState.READY]:
+            del free[wid]
+            if w.has_room():
+                free[wid] = None  # round robin: move to the back
+            if not n[_READY]:
                 break
 
     def _schedule_affine(self, out: list[Action]) -> None:
@@ -493,5 +508,5 @@ class Scheduler:
                 keys[t.locality] = None
                 if len(keys) > _NODE_KEYS:
                     keys.popitem(last=False)
-        self._set_state(t, TaskState.RUNNING, out, w.id, f"attempt {t.attempts}")
+        self._set_state(t, _RUNNING, out, w.id, f"attempt {t.attempts}")
         out.append(Dispatch(t.id, w.id, t.attempts, t.alloc_cores))

@@ -89,7 +89,8 @@ def _items(spec):
 @pytest.mark.parametrize("loss_rate", [0.0, 4.0])
 def test_a_simulated_ddr_run_accounts_for_every_event(loss_rate):
     n = 1200
-    engine = SimEngine(60, durations=Durations.constant(1.0), loss_rate=loss_rate, rejoin_after=2.0, seed=3)
+    engine = SimEngine(60, durations=Durations.constant(1.0), loss_rate=loss_rate, rejoin_after=2.0, seed=3,
+                       manager_time=False)  # virtual time independent of this machine's load
     run = ddr.DynamicDataReduction({"a": {"n": n}, "b": {"n": n // 3}}, _chunk, preprocess=_items,
                                    reducer=_merge, engine=engine, accumulation_size=4)
     out = run.compute()
