@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -53,6 +55,38 @@ _IGNORED = ("num_workers", "pool", "optimize_graph")  # meaningful to dask's loc
 _DRAIN_SECONDS = 60.0
 _WAKE_SECONDS = 1.0
 _SHM = "/dev/shm"
+
+
+class _Interrupts:
+    """Ctrl-C during a get, made reliable. While a get runs in the main thread with Python's default
+    SIGINT handler, SIGINT only sets a flag, and the loop raises KeyboardInterrupt at its next step (at
+    most ``_WAKE_SECONDS`` later). Raised by the handler itself, the KeyboardInterrupt could land in a
+    finalizer (``__del__`` of an object collected at that moment), where Python prints and drops it and
+    the get would go on; and a second Ctrl-C cannot cut the cleanup short."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.hit = False
+        self.enabled = enabled
+        self._old: Any = None
+
+    def __enter__(self) -> "_Interrupts":
+        if self.enabled and threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.hit = True
+
+    def check(self) -> None:
+        if self.hit:
+            self.hit = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 class DaskNodeError(VinecoreError):
@@ -193,8 +227,12 @@ class DaskVine(Manager):
         wanted = plan.requested
         tasks = peak = 0
         failed = True
+        # in-process engines run the nodes in this thread: there Ctrl-C must stop the node itself
+        interrupts = _Interrupts(enabled=not getattr(self.engine, "in_process", False))
         try:
+            interrupts.__enter__()
             while not run.complete:
+                interrupts.check()
                 for job in run.next_jobs(self.hungry() + run.ahead_waiting):
                     inflight[self.submit(self._task(plan, job, lib, files))] = job
                     tasks += 1
@@ -203,6 +241,7 @@ class DaskVine(Manager):
                     raise RuntimeError("DaskVine: nothing is running but the graph is not finished; "
                                        "this is a bug in vinecore, please report it with the graph")
                 t = self.wait(_WAKE_SECONDS)  # back in Python at least this often: Ctrl-C lands promptly
+                interrupts.check()
                 if t is None:
                     continue
                 job = inflight.pop(t.id)
@@ -223,6 +262,9 @@ class DaskVine(Manager):
             except Exception:
                 if not failed:
                     raise
+            finally:
+                interrupts.__exit__()
+        interrupts.check()  # a Ctrl-C after the last step still stops the caller
         return tasks, peak
 
     def _task(self, plan, job: Job, lib: str, files: dict[int, Any]) -> FunctionCall:

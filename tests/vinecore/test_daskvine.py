@@ -228,3 +228,26 @@ def test_get_refuses_a_busy_manager_and_unknown_options(dv):
         dv.get({"a": (cases.scale, 1, 2)}, ["a"], fanin=3)
     with pytest.raises(ValueError, match="fan_in must be"):
         dv.get({"a": (cases.scale, 1, 2)}, ["a"], fan_in=1)
+
+
+def test_ctrl_c_during_a_get_is_a_flag_that_the_loop_raises():
+    """SIGINT during a get (main thread, default handler) only sets a flag; the loop raises it. So a
+    KeyboardInterrupt can never be raised inside a finalizer running at that moment, where Python
+    would print and drop it and the get would go on."""
+    import signal
+
+    from vinecore._daskvine import _Interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    assert before is signal.default_int_handler
+    with _Interrupts() as flag:
+        _thread.interrupt_main()
+        for _ in range(1000):  # the handler runs at the next bytecode boundaries: no exception here
+            pass
+        assert flag.hit
+        with pytest.raises(KeyboardInterrupt):
+            flag.check()
+        flag.check()  # raised once
+    assert signal.getsignal(signal.SIGINT) is before
+    with _Interrupts(enabled=False):  # in-process engines: Ctrl-C must stop the running node itself
+        assert signal.getsignal(signal.SIGINT) is before
