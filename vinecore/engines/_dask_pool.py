@@ -44,13 +44,13 @@ from .. import _serialize
 from .._events import Result
 from .._runtime import Outcome
 from ._dask_library import frame, read_frame_async
+from .local import _describe_exit, _rss_kb
 
 __all__ = ["Agent", "AGENTS", "wrap", "call"]
 
 _SILENCE = 10.0  # seconds without a word from the manager before the agent gives up
 _GRACE = 2.0  # seconds past time_max before the agent kills
 _WATCH = 0.05  # seconds between watchdog checks while limited attempts run
-_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 _BIG = 64 * 1024
 _CONNECT = 5.0  # seconds to open a comm to another worker (dask's default retries a dead address for 30 s)
 
@@ -531,27 +531,6 @@ def _outcome(job: _Job, reason: Result, why: str, proc: _Proc, wall: float) -> b
         exc = RuntimeError(why)
     outcome = Outcome(job.tid, reason, _serialize.exception_payload(exc), "", wall, 0.0, 0.0, 0.0, proc.wid)
     return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * _PAGE_KB
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _describe_exit(code: int | None) -> str:
-    import signal
-
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 def _host_of(worker: Any) -> str | None:

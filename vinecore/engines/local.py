@@ -273,7 +273,9 @@ def _rss_kb(pid: int) -> int:
         return 0
 
 
-def _describe_exit(code: int) -> str:
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
