@@ -75,7 +75,10 @@ def setup(tmp_path):
         "DY": {"files": {str(SAMPLES / "nano_dy.root"): {"object_path": "Events", "num_entries": 40}}},
     }))
     gate, broken = tmp_path / "gate", tmp_path / "broken"
-    env = {**os.environ, "DDR_TEST_GATE": str(gate), "DDR_TEST_BROKEN": str(broken)}
+    env = {**os.environ, "DDR_TEST_GATE": str(gate), "DDR_TEST_BROKEN": str(broken),
+           # the printed redo command starts with `ddr`: the one installed beside this interpreter, even
+           # when the tests run as `.venv/bin/python -m pytest` without activating the environment
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     common = [analysis, "--processor", "Fragile", "--datasets", fileset, "--workers", "2", "--chunk-size", "10",
               "--quiet"]
     gate.touch()
@@ -136,7 +139,7 @@ def test_keep_going_then_redo_and_merge_equals_a_clean_run(setup):
     redo = subprocess.run(redo_line, shell=True, capture_output=True, text=True, env=s["env"], timeout=300)
     assert redo.returncode == 0, (redo_line, redo.stderr)
     merge_line = next(line.strip() for line in first.stderr.splitlines() if line.strip().startswith("ddr merge"))
-    merged = subprocess.run(merge_line, shell=True, capture_output=True, text=True, timeout=300)
+    merged = subprocess.run(merge_line, shell=True, capture_output=True, text=True, env=s["env"], timeout=300)
     assert merged.returncode == 0, (merge_line, merged.stderr)
     assert_same(load(tmp / "out-all.coffea"), s["clean"])
 
