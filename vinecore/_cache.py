@@ -8,7 +8,8 @@ content (ddr uses the ROOT file's UUID), or else the url's version stamp
 Layout of ``root`` (one per node, e.g. ``~/.cache/ddr``)::
 
     .lock                      held briefly while entries are added or evicted
-    .slot-<i>                  background downloads in progress (at most $VINECORE_CACHE_DOWNLOADS, default 2)
+    .prefetcher                held by the node's background downloader while it runs
+    .queue/<cache name>.json   downloads asked with prefetch() and not yet done
     .readers                   shared-locked by processes reading urls in place (NodeCache.reading())
     prefetch.log               one line per background download that failed
     url-<sha>/.fetch           held by the one process downloading this url; the others wait
@@ -35,40 +36,33 @@ Policy
   entries in use), nothing is written and ``get`` returns ``None``: the caller
   reads in place.
 * Two ways in: ``get`` downloads before returning (the caller waits);
-  ``prefetch`` starts the download in a detached process (``python -m
-  vinecore._cache``) and returns at once, so the caller can read the url in
-  place meanwhile. A prefetch outlives the worker that asked for it (it is
-  bounded by its timeouts), so a run that ends early still leaves the cache
-  filled for the next one. At most ``$VINECORE_CACHE_DOWNLOADS`` (default 2)
-  background downloads run at once on a node; the others wait for a slot.
-  They run at the lowest CPU and I/O priority (nice 19, idle I/O class).
-  With ``after_readers=True`` a prefetch starts only once no process of the
-  node holds :meth:`NodeCache.reading` (a run reading in place): a whole-file
-  download costs about as much CPU and bandwidth as the analysis reading in
-  place (measured: ~1 CPU-second per 280 MB on loopback, server and client),
-  so during the run it would slow the run down; after it, it is free.
+  ``prefetch`` queues the download for the node's background downloader
+  (:mod:`vinecore._prefetcher`: one detached process per node, started on
+  demand, at most ``$VINECORE_CACHE_DOWNLOADS`` downloads at a time, lowest
+  CPU and I/O priority) and returns at once, so the caller can read the url
+  in place meanwhile. The downloader outlives the worker that asked, so a run
+  that ends early still leaves the cache filled for the next one. With
+  ``after_readers=True`` a download starts only once no process of the node
+  holds :meth:`NodeCache.reading` (a run reading in place): during the run it
+  would take CPU and bandwidth from the run; after it, it is free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from . import _prefetcher
 from ._fetch import RemoteStat, download, stat_url
 from ._files import url_cache_name
 
-__all__ = ["NodeCache", "Lease", "CacheEntry", "default_cache_dir", "parse_size", "PREFETCH_COMMAND"]
-
-PREFETCH_COMMAND = "vinecore._cache"  # ``python -m vinecore._cache fetch ...``: a background download
+__all__ = ["NodeCache", "Lease", "CacheEntry", "default_cache_dir", "parse_size"]
 
 _SUFFIXES = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
              "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
@@ -189,15 +183,19 @@ class NodeCache:
 
     def prefetch(self, url: str, *, key: str | None = None, identify: str | None = None,
                  stat: RemoteStat | None = None, after_readers: bool = False) -> bool:
-        """Start downloading ``url`` in a detached process, unless it cannot fit or is being downloaded.
+        """Queue ``url`` for the node's background downloader (:mod:`vinecore._prefetcher`) and return.
 
         ``identify`` names a function ``"module:function"`` (path -> identity) imported
         by that process. With ``after_readers`` the download waits until no process
-        holds :meth:`reading`. Returns whether a download was started. Failures go to
-        ``prefetch.log``; the url is then simply not cached.
+        holds :meth:`reading`. Returns False when it cannot fit, is queued already or
+        is being downloaded. Failures go to ``prefetch.log``; the url is then simply
+        not cached.
         """
-        folder = os.path.join(self.root, url_cache_name(key or url))
+        name = url_cache_name(key or url)
+        folder = os.path.join(self.root, name)
         if stat is not None and stat.size > self.max_bytes:
+            return False
+        if _prefetcher.is_queued(self.root, name):
             return False
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, ".fetch"), "a+b") as f:
@@ -206,13 +204,11 @@ class NodeCache:
             except BlockingIOError:
                 return False  # another process of the node is downloading it
             fcntl.flock(f, fcntl.LOCK_UN)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        subprocess.Popen([sys.executable, "-m", PREFETCH_COMMAND, "fetch", self.root, str(self.max_bytes),
-                          str(self.timeout), url, key or "", identify or "", "after-readers" if after_readers
-                          else "now"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True, env=env)
+        request = {"url": url, "key": key or "", "identify": identify or "", "max_bytes": self.max_bytes,
+                   "timeout": self.timeout, "after_readers": after_readers}
+        if not _prefetcher.enqueue(self.root, name, request):
+            return False
+        _prefetcher.ensure_running(self.root)  # after enqueueing: see vinecore._prefetcher
         return True
 
     def lookup(self, url: str, *, key: str | None = None, identity: str | None = None,
@@ -401,78 +397,3 @@ def _write_json(path: str, obj: dict[str, Any]) -> None:
 
 def _safe(identity: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in identity)[:120] or "content"
-
-
-# ------------------------------------------------------- background fetcher
-def _slot(root: str, slots: int) -> Any:
-    """Take one of ``slots`` download slots of the node (a locked file), waiting for one if all are busy."""
-    while True:
-        for i in range(slots):
-            f = open(os.path.join(root, f".slot-{i}"), "a+b")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return f
-            except BlockingIOError:
-                f.close()
-        time.sleep(0.1)
-
-
-def _background() -> None:
-    """Yield the CPU and the disk to the workers: filling the cache must not slow the run that asked for it."""
-    with contextlib.suppress(OSError):
-        os.nice(19)
-    with contextlib.suppress(Exception):  # Linux only
-        import psutil
-
-        psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
-
-
-def _resolve(spec: str) -> Callable[[str], str] | None:
-    if not spec:
-        return None
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _no_readers(root: str, patience: float) -> None:
-    """Wait until no process holds NodeCache.reading(), at most ``patience`` seconds (polled: a reader must
-    never wait for us)."""
-    deadline = time.monotonic() + patience
-    with open(os.path.join(root, ".readers"), "a+b") as f:
-        while time.monotonic() < deadline:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                time.sleep(0.2)
-
-
-def _fetch_main(argv: list[str]) -> int:
-    root, max_bytes, timeout, url, key, identify, when = argv
-    from ._fetch import apply_xrootd_settings
-
-    apply_xrootd_settings(float(timeout))
-    _background()
-    cache = NodeCache(root, int(max_bytes), timeout=float(timeout))
-    if when == "after-readers":  # a session that never ends its run gets its cache after an hour anyway
-        _no_readers(cache.root, float(os.environ.get("VINECORE_PREFETCH_PATIENCE", "3600")))
-    slot = _slot(cache.root, max(1, int(os.environ.get("VINECORE_CACHE_DOWNLOADS", "2"))))
-    try:
-        lease = cache.get(url, key=key or None, identify=_resolve(identify))
-        if lease is not None:
-            lease.release()
-        return 0
-    except Exception as exc:  # noqa: BLE001 - a background download that fails only leaves the url uncached
-        with contextlib.suppress(OSError), open(os.path.join(cache.root, "prefetch.log"), "a") as log:
-            log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {url}: {type(exc).__name__}: {exc}\n")
-        return 1
-    finally:
-        slot.close()
-
-
-if __name__ == "__main__":  # python -m vinecore._cache fetch ROOT MAX_BYTES TIMEOUT URL KEY IDENTIFY WHEN
-    if len(sys.argv) != 9 or sys.argv[1] != "fetch":
-        sys.exit("usage: python -m vinecore._cache fetch ROOT MAX_BYTES TIMEOUT URL KEY MODULE:FUNCTION "
-                 "now|after-readers")
-    sys.exit(_fetch_main(sys.argv[2:]))

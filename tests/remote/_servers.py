@@ -57,19 +57,22 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
 
 
 def prefetchers(cache_root: str) -> list[int]:
-    """Pids of the background downloads (``python -m vinecore._cache fetch``) into ``cache_root``."""
+    """Pids of the node's background downloader (``python .../vinecore/_prefetcher.py ROOT``) for ``cache_root``."""
     import psutil
 
+    from vinecore._prefetcher import SCRIPT
+
+    root = os.path.abspath(str(cache_root))
     out = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
         cmd = p.info.get("cmdline") or []
-        if "vinecore._cache" in cmd and str(cache_root) in cmd:
+        if SCRIPT in cmd and root in cmd and p.info.get("status") != psutil.STATUS_ZOMBIE:
             out.append(p.info["pid"])
     return out
 
 
 def wait_for_prefetches(cache_root: str, timeout: float = 120.0) -> None:
-    """Wait until no background download into ``cache_root`` is running (they outlive ddr's workers)."""
+    """Wait until the background downloader of ``cache_root`` has exited (it outlives ddr's workers)."""
     deadline = time.monotonic() + timeout
     while prefetchers(cache_root):
         if time.monotonic() > deadline:

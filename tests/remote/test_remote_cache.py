@@ -220,8 +220,15 @@ def test_prefetch_after_readers_waits_for_the_run_to_end(xrootd, tmp_path):
     waits, runs = xrootd.url("nano_dy.root"), xrootd.url("nano_dimuon.root")
     assert cache.prefetch(waits, after_readers=True) and cache.prefetch(runs)
     wait_until(lambda: cache.lookup(runs) is not None, 60, "the immediate prefetch")
-    wait_until(lambda: len(prefetchers(str(root))) == 1, 60, "the immediate prefetch to exit")
-    assert cache.lookup(waits) is None and list(root.glob("url-*/.part-*")) == []  # started together, still waits
+    assert len(prefetchers(str(root))) == 1  # one downloader for the node, still waiting for the readers
+    assert cache.lookup(waits) is None and list(root.glob("url-*/.part-*")) == []  # queued together, still waits
+    os.kill(prefetchers(str(root))[0], signal.SIGKILL)  # a downloader that dies keeps its queue on disk
+    wait_until(lambda: prefetchers(str(root)) == [], 30, "the killed downloader to go")
+    later = xrootd.url("nano_tt_v12.root")
+    assert not cache.prefetch(waits, after_readers=True)  # still queued
+    assert cache.prefetch(later, after_readers=True)  # starts a new downloader, which takes the whole queue
+    assert len(prefetchers(str(root))) == 1
     reading.release()  # the run ended
     wait_for_prefetches(root)
-    assert cache.lookup(waits) is not None
+    assert cache.lookup(waits) is not None and cache.lookup(later) is not None
+    assert list((root / ".queue").iterdir()) == []
