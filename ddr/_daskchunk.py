@@ -295,6 +295,7 @@ def process_chunk_dask(opener: Any, processors: Mapping[str, Any], chunk: Any, c
 
 def _process(state: DaskModeState, opener: Any, processors: Mapping[str, Any], chunk: Any, cores: int,
              call: Callable[[Any, Any], Any]) -> dict[str, Any]:
+    import awkward as ak
     import dask_awkward as dak
 
     from ._coffea import _is_dask, _map_leaves, compute_leaves
@@ -358,7 +359,10 @@ def _process(state: DaskModeState, opener: Any, processors: Mapping[str, Any], c
         if id(leaf) not in by_id:
             return copy.deepcopy(leaf) if reused else leaf  # the same graph's plain values, not shared
         value = by_id[id(leaf)]
-        return ArrayPieces([(where, value)]) if isinstance(leaf, dak.Array) else value
+        if not isinstance(leaf, dak.Array):
+            return value
+        # packed: a selection is a view into the chunk's whole columns, and a view pickles with them
+        return ArrayPieces([(where, ak.to_packed(value))])
 
     out = compute_leaves(_map_leaves(graph.out, eager), cores)  # other dask collections (delayed, arrays...)
     setup = opened + read.binding.setup

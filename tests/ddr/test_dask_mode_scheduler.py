@@ -5,6 +5,7 @@ The dask-mode runs themselves are in test_dask_mode.py.
 """
 
 import importlib.util
+import math
 import subprocess
 import sys
 import threading
@@ -152,3 +153,32 @@ def test_array_pieces_merge_with_coffea_accumulate_and_join_in_fileset_order():
     assert done["arr"].tolist() == [1, 2, 3, 4, 5, 6] and done["n"] == 6
     assert finalize(merged, {"b.root": 0, "a.root": 1})["arr"].tolist() == [5, 6, 1, 2, 3, 4]
     assert isinstance(merged["arr"], ArrayPieces)  # finalize returns a new value
+
+
+def test_array_pieces_pickle_the_nanoevents_behavior_once():
+    """Pieces computed in different chunks (or unpickled from different partials) carry behaviors that are
+    copies of one another (cloudpickle copies vector's lambdas by value); a partial result pickles one."""
+    import pickle
+
+    import awkward as ak
+    import cloudpickle
+    from coffea.nanoevents.methods import nanoaod
+
+    from ddr._daskmode import ArrayPieces, finalize
+
+    def piece(i):
+        behavior = pickle.loads(cloudpickle.dumps(nanoaod.behavior))  # as unpickled from another partial
+        muons = ak.zip({"pt": [10.0 * i + 1], "eta": [0.5], "phi": [0.1], "mass": [0.105], "charge": [1]},
+                       with_name="Muon", behavior=behavior)
+        return ("f.root", i), muons
+
+    one = len(cloudpickle.dumps(ArrayPieces([piece(0)])))
+    many = ArrayPieces([piece(i) for i in range(8)])
+    data = cloudpickle.dumps(many)
+    assert len(data) < 1.5 * one  # not 8 behaviors
+    back = pickle.loads(data)
+    assert [w for w, _ in back.pieces] == [w for w, _ in many.pieces]
+    joined = finalize({"mu": back})["mu"]
+    assert joined.pt.tolist() == [1.0, 11.0, 21.0, 31.0, 41.0, 51.0, 61.0, 71.0]
+    assert joined.layout.parameter("__record__") == "Muon"  # the behavior came back: vector's methods work
+    assert joined.p.tolist() == pytest.approx([pt * math.cosh(0.5) for pt in joined.pt.tolist()])
