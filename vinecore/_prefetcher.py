@@ -5,8 +5,8 @@ and makes sure this process runs: ``python <this file> ROOT``, detached (a new
 session), so it outlives the worker that asked and a run that ends early still
 leaves the cache filled for the next one. The process
 
-* holds ``<root>/.prefetcher`` (an exclusive ``flock``) while it runs, so a node
-  has at most one; a second one started by a race exits at once;
+* holds ``<root>/.prefetcher`` (an exclusive ``flock``, taken by the process
+  that starts it and inherited) while it runs, so a node has at most one;
 * downloads every request whose time has come, at most ``$VINECORE_CACHE_DOWNLOADS``
   (default 2) at a time, at the lowest CPU and I/O priority. A request made
   with ``after_readers`` waits until no process of the node holds
@@ -18,8 +18,10 @@ leaves the cache filled for the next one. The process
 * removes each request once handled; a failure is one line in
   ``<root>/prefetch.log`` and leaves that url uncached;
 * exits when the queue is empty. It lets go of its lock first and looks once
-  more, and a caller enqueues before it looks for a running prefetcher, so a
-  request is never left without one.
+  more, and a caller enqueues before it tries the lock (and starts a
+  prefetcher when it gets it), so a request is never left without one. (Whether
+  the prefetcher's *process* is alive says nothing here: one that has looked
+  for the last time may live on for a moment.)
 
 Why a script run by path and not ``python -m vinecore._prefetcher``: the
 process starts while the run is still reading, on the same cores. This file
@@ -46,7 +48,6 @@ SCRIPT = os.path.abspath(__file__)
 _QUEUE = ".queue"
 _LOCK = ".prefetcher"
 _POLL = 0.2  # seconds between looks at the readers' lock (a reader must never wait for us)
-_spawned: dict[str, subprocess.Popen] = {}  # root -> the prefetcher this process started
 
 
 def _queue(root: str) -> str:
@@ -103,18 +104,26 @@ def _held(path: str) -> bool:
 
 
 def ensure_running(root: str) -> bool:
-    """Start the node's prefetcher unless one runs; True if this call started it."""
-    mine = _spawned.get(root)
-    if mine is not None and mine.poll() is None:
-        return False
-    if _held(os.path.join(root, _LOCK)):
-        return False
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    _spawned[root] = subprocess.Popen([sys.executable, SCRIPT, root], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True, close_fds=True, env=env)
-    return True
+    """Start the node's prefetcher unless one runs; True if this call started it.
+
+    The caller takes the prefetcher's lock and hands it to the child (an inherited descriptor: an
+    ``flock`` belongs to the open file, which the child keeps after we close our copy). So there is no
+    moment when a started prefetcher does not hold it yet, and a lock that is held always means a
+    prefetcher that will look at the queue again."""
+    lock = open(os.path.join(root, _LOCK), "a+b")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        fd = lock.fileno()
+        subprocess.Popen([sys.executable, SCRIPT, root, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+        return True
+    finally:
+        lock.close()  # the child holds the lock now (or, if it could not start, nobody does)
 
 
 # --------------------------------------------------------------- the process
@@ -135,11 +144,11 @@ def _ready(request: dict[str, Any], readers_busy: bool, patience: float) -> bool
 
 
 def _download(root: str, path: str, request: dict[str, Any]) -> None:
-    from vinecore._cache import NodeCache
-    from vinecore._fetch import apply_xrootd_settings
-
-    url = request["url"]
+    url = request.get("url", "?")
     try:
+        from vinecore._cache import NodeCache
+        from vinecore._fetch import apply_xrootd_settings
+
         timeout = float(request.get("timeout", 60.0))
         apply_xrootd_settings(timeout)
         cache = NodeCache(root, int(request["max_bytes"]), timeout=timeout)
@@ -193,13 +202,16 @@ def _drain(root: str, lock: Any) -> None:
             pool.shutdown()
 
 
-def main(root: str) -> int:
+def main(root: str, fd: int | None = None) -> int:
+    """Drain the queue of ``root``. ``fd``: the lock, taken by the process that started this one."""
     os.makedirs(root, exist_ok=True)
-    lock = open(os.path.join(root, _LOCK), "a+b")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # the node has one already
+    lock: Any = fd
+    if lock is None:  # started by hand
+        lock = open(os.path.join(root, _LOCK), "a+b")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # the node has one already
     with contextlib.suppress(Exception):  # started from a task with a memory allocation: not ours
         import resource
 
@@ -209,9 +221,9 @@ def main(root: str) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python .../vinecore/_prefetcher.py ROOT
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: python {SCRIPT} CACHE_ROOT")
+if __name__ == "__main__":  # python .../vinecore/_prefetcher.py ROOT [LOCK_FD]
+    if len(sys.argv) not in (2, 3):
+        sys.exit(f"usage: python {SCRIPT} CACHE_ROOT [LOCK_FD]")
     if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(SCRIPT):
         del sys.path[0]  # run by path: this folder is not a place to import from
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else None))
