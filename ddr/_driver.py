@@ -119,7 +119,7 @@ class Driver:
         self.wake = threading.Event()  # set from other threads to end a sleep early
         self._temps: dict[int, vinecore.File] = {}  # partial -> temp on the workers
         self._local: dict[int, Any] = {}  # partial -> value held here (resumed seeds)
-        self._jobs: dict[int, tuple[int, Submit]] = {}  # vinecore task id -> (job, its Submit)
+        self._jobs: dict[int, Submit] = {}  # vinecore task id -> its Submit (which names the job)
         self._task_of: dict[int, int] = {}  # job -> vinecore task id
         self._outstanding: set[int] = set()  # vinecore tasks not back yet (cancelled ones included)
         for ds, value in (seeds or {}).items():
@@ -284,16 +284,16 @@ class Driver:
                 tid = t.id
                 if tid is None:
                     break
-                self._jobs[tid] = (a.job, a)
+                self._jobs[tid] = a
                 self._task_of[a.job] = tid
                 self._outstanding.add(tid)
 
     def _event_of(self, t: vinecore.Task) -> JobEnded | None:
         self._outstanding.discard(t.id)
-        got = self._jobs.pop(t.id, None)
-        if got is None:
+        sub = self._jobs.pop(t.id, None)
+        if sub is None:
             return None  # cancelled by the state machine
-        job, sub = got
+        job = sub.job
         self._task_of.pop(job, None)
         m = t.resources_measured
         wall, mem = (m.wall_time, m.memory) if m is not None else (0.0, None)
