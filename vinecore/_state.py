@@ -207,6 +207,9 @@ class Scheduler:
     # ------------------------------------------------------------- events
     def handle(self, *events: Event) -> list[Action]:
         out: list[Action] = []
+        if len(events) == 1 and type(events[0]) is FileForgotten:  # one per temp released: nothing to schedule
+            self._on_file_forgotten(events[0])
+            return out
         for ev in events:
             if isinstance(ev, TaskFinished):
                 self._on_finished(ev, out)
