@@ -20,8 +20,9 @@ it what happens, and does the I/O the state machine must not:
 * between steps it answers snapshots (``merged_so_far``, used by
   checkpoints and ``RunHandle.partial()``) and writes checkpoints when due.
 
-With nothing in flight it sleeps until the next retry may start (or until
-woken), never spinning; a state machine that neither has work in flight nor
+Each step takes back at most ``DRAIN_MAX`` finished tasks before it submits
+again, so a busy manager keeps its workers fed. With nothing in flight it
+sleeps until the next retry may start (or until woken), never spinning; a state machine that neither has work in flight nor
 anything to wait for is a bug and raises instead of hanging.
 """
 
@@ -45,6 +46,11 @@ from ._classify import out_of_memory
 from .exceptions import BadInputError, ChunkResourceError, DDRError, ProcessorError, ReducerError, WorkerSetupError
 
 __all__ = ["Driver", "DatasetProgress", "RunOptions", "pickle_job"]
+
+# Tasks taken back per step at most. Without a bound, a manager slower than its workers' completion rate
+# drains until everything in flight has finished (each wait(0) finds another task done) before it
+# submits again: the workers run dry, and the partials pile up unmerged (memory grew with the cluster).
+DRAIN_MAX = 256
 
 # hot enum members as module constants: a member looked up on its enum class costs a metaclass attribute lookup
 _PROCESS, _COUNT, _ACCUMULATE = Kind.PROCESS, Kind.COUNT, Kind.ACCUMULATE
@@ -113,7 +119,7 @@ class Driver:
         self.wake = threading.Event()  # set from other threads to end a sleep early
         self._temps: dict[int, vinecore.File] = {}  # partial -> temp on the workers
         self._local: dict[int, Any] = {}  # partial -> value held here (resumed seeds)
-        self._jobs: dict[int, tuple[int, Submit]] = {}  # vinecore task id -> (job, its Submit)
+        self._jobs: dict[int, Submit] = {}  # vinecore task id -> its Submit (which names the job)
         self._task_of: dict[int, int] = {}  # job -> vinecore task id
         self._outstanding: set[int] = set()  # vinecore tasks not back yet (cancelled ones included)
         for ds, value in (seeds or {}).items():
@@ -143,10 +149,14 @@ class Driver:
         if self._outstanding:
             events = []
             t = self.m.wait(timeout)
+            n = 0
             while t is not None:
                 ev = self._event_of(t)
                 if ev is not None:
                     events.append(ev)
+                n += 1
+                if n >= DRAIN_MAX:  # hand these over and submit more before taking the rest
+                    break
                 t = self.m.wait(0)
             if events:
                 self._apply(self.machine.handle(*events))
@@ -217,10 +227,15 @@ class Driver:
         return self.m.fetch_value(self._temps[partial])
 
     def _apply(self, actions: list) -> None:
+        batch: list[tuple[vinecore.FunctionCall, Submit]] = []  # consecutive Submits go to the manager at once
         for a in actions:
             if isinstance(a, Submit):
-                self._submit(a)
-            elif isinstance(a, Release):
+                batch.append((self._task(a), a))
+                continue
+            if batch:
+                self._submit(batch)
+                batch = []
+            if isinstance(a, Release):
                 f = self._temps.pop(a.partial, None)
                 if f is not None:
                     self.m.undeclare_file(f)
@@ -236,8 +251,10 @@ class Driver:
                 self.on_notice(a)
             elif isinstance(a, RunEnded):
                 self.ended = a
+        if batch:
+            self._submit(batch)
 
-    def _submit(self, a: Submit) -> None:
+    def _task(self, a: Submit) -> vinecore.FunctionCall:
         if a.kind is _PROCESS:
             t = vinecore.FunctionCall(self.lib, "process", a.work.item)
             t.enable_temp_output()
@@ -257,17 +274,26 @@ class Driver:
         t.set_priority(a.priority)
         if a.locality is not None:
             t.set_locality(a.locality)
-        tid = self.m.submit(t)
-        self._jobs[tid] = (a.job, a)
-        self._task_of[a.job] = tid
-        self._outstanding.add(tid)
+        return t
+
+    def _submit(self, batch: list[tuple[vinecore.FunctionCall, Submit]]) -> None:
+        try:
+            self.m.submit_many([t for t, _ in batch])
+        finally:  # also the tasks submitted before one that could not be
+            for t, a in batch:
+                tid = t.id
+                if tid is None:
+                    break
+                self._jobs[tid] = a
+                self._task_of[a.job] = tid
+                self._outstanding.add(tid)
 
     def _event_of(self, t: vinecore.Task) -> JobEnded | None:
         self._outstanding.discard(t.id)
-        got = self._jobs.pop(t.id, None)
-        if got is None:
+        sub = self._jobs.pop(t.id, None)
+        if sub is None:
             return None  # cancelled by the state machine
-        job, sub = got
+        job = sub.job
         self._task_of.pop(job, None)
         m = t.resources_measured
         wall, mem = (m.wall_time, m.memory) if m is not None else (0.0, None)

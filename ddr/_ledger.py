@@ -9,12 +9,13 @@ The final result's coverage is what the report calls ``events_processed``.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._planning import Chunk, gaps_within, merge_ranges
 
-__all__ = ["Coverage", "DoubleCountError", "DatasetLedger", "failed_fileset"]
+__all__ = ["Coverage", "DoubleCountError", "DatasetLedger", "ChunkSizes", "failed_fileset"]
 
 
 class DoubleCountError(RuntimeError):
@@ -50,6 +51,38 @@ class Coverage:
         return Coverage(self.events + other.events, self.chunks + other.chunks, ranges)
 
 
+class ChunkSizes:
+    """The sizes of the chunks planned, as the report shows them: the first and last ``keep``, the
+    smallest, the largest and how many. Constant memory however many chunks a run plans."""
+
+    __slots__ = ("first", "last", "min", "max", "count", "keep")
+
+    def __init__(self, keep: int = 20) -> None:
+        self.keep = keep
+        self.first: list[int] = []
+        self.last: deque[int] = deque(maxlen=keep)
+        self.min: int | None = None
+        self.max: int | None = None
+        self.count = 0
+
+    def append(self, size: int) -> None:
+        if self.count < self.keep:
+            self.first.append(size)
+        self.last.append(size)
+        self.count += 1
+        if self.min is None or size < self.min:
+            self.min = size
+        if self.max is None or size > self.max:
+            self.max = size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def summary(self) -> dict[str, Any]:
+        return {"first": list(self.first), "last": list(self.last), "min": self.min, "max": self.max,
+                "count": self.count}
+
+
 @dataclass
 class DatasetLedger:
     name: str
@@ -60,7 +93,7 @@ class DatasetLedger:
     chunks_running: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
     splits: list[dict[str, Any]] = field(default_factory=list)
-    chunk_sizes: list[int] = field(default_factory=list)
+    chunk_sizes: ChunkSizes = field(default_factory=ChunkSizes)  # bounded: not one entry per chunk
     files_bad: list[dict[str, Any]] = field(default_factory=list)
     events_resumed: int = 0  # taken from a checkpoint instead of processed in this run
     final: Coverage | None = None
@@ -85,7 +118,6 @@ class DatasetLedger:
         """The dataset's part of the run report. ``coverage``: what the written result covers (the final
         coverage, or what a stopped run held); ``expected_files``: the planner's files and their ranges."""
         cov = coverage if coverage is not None else (self.final or Coverage())
-        sizes = self.chunk_sizes
         files = {}
         for path, (tree, expected) in (expected_files or {}).items():
             files[path] = {"tree": tree, "expected": None if expected is None else [list(r) for r in expected],
@@ -100,8 +132,7 @@ class DatasetLedger:
             "failed_chunks": self.failed,
             "bad_files": self.files_bad,
             "splits": self.splits,
-            "chunk_sizes": {"first": sizes[:20], "last": sizes[-20:], "min": min(sizes, default=None),
-                            "max": max(sizes, default=None), "count": len(sizes)},
+            "chunk_sizes": self.chunk_sizes.summary(),
             "files": files,
             "error": self.error,
             # issue 12: bytes the tasks read, by source (ddr._remote: server, node cache, local disk)

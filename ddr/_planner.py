@@ -25,7 +25,7 @@ Planners are pure: no clocks, threads or I/O; times are passed in as ``now``.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from ._chunking import ChunkSizer
@@ -35,16 +35,17 @@ from ._planning import Chunk, gaps_within, iter_file_chunks, merge_ranges
 __all__ = ["Work", "CountRequest", "Planner", "GenericPlanner", "FilesetPlanner"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Work:
-    """One work item of a dataset: ``size`` events (or units) of ``item``."""
+    """One work item of a dataset: ``size`` events (or units) of ``item``. (Slotted, with a tuple for
+    ``history``: thousands are in flight at once, and each object the garbage collector tracks costs.)"""
 
     dataset: str
     item: Any
     size: int
     attempts: int = 0
     not_before: float = 0.0  # retries wait until then (backoff)
-    history: list[str] = field(default_factory=list)
+    history: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +140,7 @@ class Planner:
             return None
         if len(pieces) < 2 or sum(n for _, n in pieces) != work.size:
             return None  # a split must cover the item exactly, or accounting would break
-        return [Work(work.dataset, p, n, history=[*work.history, "split"]) for p, n in pieces]
+        return [Work(work.dataset, p, n, history=(*work.history, "split")) for p, n in pieces]
 
     def shrink_after_exhaustion(self, size: int) -> None:
         """A work item of ``size`` ran out of its resources: plan smaller ones from now on."""

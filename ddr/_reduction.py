@@ -440,7 +440,7 @@ class ReductionState:
             if work.attempts <= self.retries:
                 delay = 0.0 if o is not Outcome.BAD_INPUT else self.backoff[min(work.attempts - 1,
                                                                                  len(self.backoff) - 1)]
-                work.history.append(o.value)
+                work.history += (o.value,)
                 d.planner.requeue(work, ev.now + delay)
                 return
             if o is not Outcome.BAD_INPUT:

@@ -56,12 +56,24 @@ class TransactionLog:
         if measured is None:
             m = "null"
         else:
-            m = (f'{{"wall_time": {_num(measured[0])}, "memory": {_num(measured[1])}, '
-                 f'"peak_rss": {_num(measured[2])}, "cpu_time": {_num(measured[3])}}}')
-        self._f.write(f'{{"task": {_num(task)}, "category": {_str(category)}, "state": "result", '
-                      f'"worker": {_str(worker)}, "detail": {_str(detail)}, "attempts": {_num(attempts)}, '
-                      f'"allocated": {{"cores": {_num(cores)}, "memory": {_num(memory)}, '
-                      f'"time_max": {_num(time_max)}}}, "measured": {m}, "time": {round(time.time(), 6)!r}}}\n')
+            a, b, c, d = measured
+            total = a + b + c + d if type(a) is type(b) is type(c) is type(d) is float else None
+            if total is not None and total - total == 0.0:  # all finite floats: repr is what json writes
+                m = _MEASURED % measured
+            else:
+                m = (f'{{"wall_time": {_num(a)}, "memory": {_num(b)}, '
+                     f'"peak_rss": {_num(c)}, "cpu_time": {_num(d)}}}')
+        key = (cores, memory, time_max)
+        alloc = _ALLOCATED.get(key)
+        if alloc is None:
+            alloc = f'{{"cores": {_num(cores)}, "memory": {_num(memory)}, "time_max": {_num(time_max)}}}'
+            if len(_ALLOCATED) < 256:
+                _ALLOCATED[key] = alloc
+        q = _QUOTED.get
+        self._f.write(_RESULT % (repr(task) if type(task) is int else _num(task), q(category) or _str(category),
+                                 q(worker) or _str(worker), q(detail) or _str(detail),
+                                 repr(attempts) if type(attempts) is int else _num(attempts), alloc, m,
+                                 round(time.time(), 6)))
 
     def flush(self) -> None:
         if self._f is not None:
@@ -83,6 +95,10 @@ _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 
 
 _TRANSITION = '{"task": %d, "category": %s, "state": "%s", "worker": %s, "detail": %s, "time": %.6f}\n'
+_RESULT = ('{"task": %s, "category": %s, "state": "result", "worker": %s, "detail": %s, "attempts": %s, '
+           '"allocated": %s, "measured": %s, "time": %r}\n')
+_MEASURED = '{"wall_time": %r, "memory": %r, "peak_rss": %r, "cpu_time": %r}'
+_ALLOCATED: dict[tuple, str] = {}  # (cores, memory, time_max) -> its JSON text: a run has a few shapes
 _QUOTED: dict[str | None, str] = {None: "null"}  # str -> its JSON text: categories, details, worker names repeat
 _QUOTED_MAX = 16384  # bounded: the log's memory does not grow with the tasks run
 

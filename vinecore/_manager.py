@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import _serialize
 from ._events import (
@@ -255,6 +255,31 @@ class Manager:
         """Queue ``task``; returns its id. Never blocks on workers."""
         if self.state is _CLOSED:
             self._check_open("submit a task")
+        ev = self._admit(task)
+        self._apply(self._scheduler.handle(ev))
+        return ev.task_id
+
+    def submit_many(self, tasks: Iterable[Task]) -> list[int]:
+        """Queue several tasks at once; returns their ids in order. Never blocks on workers.
+
+        The same as calling :meth:`submit` for each in turn, except that the scheduler takes them
+        all in one step (so, among them, the highest priority is dispatched first) and the
+        per-call overhead is paid once. If one cannot be submitted, those before it are
+        submitted (their ``id`` is set) and its error is raised."""
+        if self.state is _CLOSED:
+            self._check_open("submit tasks")
+        events = []
+        try:
+            for task in tasks:
+                events.append(self._admit(task))
+        finally:
+            if events:
+                self._apply(self._scheduler.handle(*events))
+        return [ev.task_id for ev in events]
+
+    def _admit(self, task: Task) -> TaskSubmitted:
+        """Check and pickle ``task``, give it its id and keep what its attempts need; the scheduler's
+        event for it is returned (the caller hands it over)."""
         if not isinstance(task, PythonTask):
             raise TaskSubmissionError(f"submit() takes a vinecore.PythonTask or FunctionCall, got {task!r}")
         if task.id is not None:
@@ -301,10 +326,8 @@ class Manager:
             task.memory, task.time_max, task.category)
         self._tasks[tid] = task
         self._submitted += 1
-        self._apply(self._scheduler.handle(TaskSubmitted(
-            tid, task.priority, task.cores, task.memory, task.retries, inputs, temps, outputs, task.locality,
-            library)))
-        return tid
+        return TaskSubmitted(tid, task.priority, task.cores, task.memory, task.retries, inputs, temps, outputs,
+                             task.locality, library)
 
     def wait(self, timeout: float | None = None) -> Task | None:
         """Return a finished task, waiting at most ``timeout`` seconds (None: until one finishes)."""

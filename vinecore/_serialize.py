@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 import traceback
 import types
 from collections import ChainMap
@@ -63,10 +64,37 @@ def register_reduce(cls: type, reduce: Any) -> None:
     _OURS[cls] = reduce
 
 
+class _Reused(threading.local):
+    """One pickler and buffer per thread, used again for every ``dumps`` (the manager pickles several
+    small payloads per task; building a cloudpickle Pickler each time costs more than pickling them)."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.pickler = _Pickler(self.buf, protocol=pickle.HIGHEST_PROTOCOL)
+        self.busy = False
+
+
+_reused = _Reused()
+
+
 def dumps(obj: Any) -> bytes:
-    with io.BytesIO() as buf:
-        _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    r = _reused
+    if r.busy:  # called from inside a dump (a reducer pickling something itself): a fresh pickler
+        with io.BytesIO() as buf:
+            _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+            return buf.getvalue()
+    r.busy = True
+    buf, p = r.buf, r.pickler
+    try:
+        p.dump(obj)
         return buf.getvalue()
+    finally:  # forget everything this dump saw: the next payload is pickled as if by a new pickler
+        buf.seek(0)
+        buf.truncate()
+        p.clear_memo()
+        if p.globals_ref:
+            p.globals_ref = {}
+        r.busy = False
 
 
 def loads(data: bytes) -> Any:

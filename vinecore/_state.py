@@ -76,6 +76,7 @@ _WAITING, _READY, _RUNNING, _DONE = TaskState.WAITING, TaskState.READY, TaskStat
 _SUCCESS = Result.SUCCESS
 _VALUE = {r: r.value for r in Result}  # without the enum's property lookup
 _RETRYABLE = frozenset({Result.EXCEPTION, Result.WORKER_LOST})
+_NOTHING: frozenset = frozenset()  # the missing inputs of most tasks (no set per task: fewer objects to collect)
 _SCAN_LIMIT = 64  # ready entries examined for one worker before giving up
 _RECENT_KEYS = 16  # locality keys remembered per worker
 _LAST_KEYS = 4096  # locality keys whose last worker is remembered
@@ -113,7 +114,7 @@ class _Task:
         self.inputs = ev.inputs
         self.outputs = ev.outputs
         self.locality = ev.locality
-        self.missing: set[str] = set()
+        self.missing: set[str] | frozenset = _NOTHING  # a set of its own once an input is missing
         self.worker: str | None = None
         self.token = 0
         self.cancelled = False
@@ -206,6 +207,9 @@ class Scheduler:
     # ------------------------------------------------------------- events
     def handle(self, *events: Event) -> list[Action]:
         out: list[Action] = []
+        if len(events) == 1 and type(events[0]) is FileForgotten:  # one per temp released: nothing to schedule
+            self._on_file_forgotten(events[0])
+            return out
         for ev in events:
             if isinstance(ev, TaskFinished):
                 self._on_finished(ev, out)
@@ -239,6 +243,8 @@ class Scheduler:
             if name in self._failed_files:
                 missing_reason = f"input {name} will never exist: {self._failed_files[name]}"
             elif (name in temps or name in self._producer) and name not in self._available:
+                if not t.missing:
+                    t.missing = set()
                 t.missing.add(name)
                 self._waiters.setdefault(name, []).append(t.id)
         self._set_state(t, _WAITING, out)

@@ -44,8 +44,10 @@ class Task:
         self.category: str = "default"
         self.tag: str | None = None
         self.locality: str | None = None
-        self.inputs: list[tuple[File, str]] = []
-        self.outputs: list[tuple[File, str]] = []
+        # () until the first add_input/add_output: most tasks have none, and a list per task is one more
+        # object for the garbage collector to scan while thousands are in flight
+        self.inputs: list[tuple[File, str]] | tuple = ()
+        self.outputs: list[tuple[File, str]] | tuple = ()
         self.output_file: File | None = None
         # outcome
         self.result: str | None = None
@@ -93,12 +95,16 @@ class Task:
 
     def add_input(self, file: File, remote_name: str) -> None:
         _check_file(file, "add_input")
+        if type(self.inputs) is tuple:
+            self.inputs = list(self.inputs)
         self.inputs.append((file, _sandbox_name(remote_name)))
 
     def add_output(self, file: File, remote_name: str) -> None:
         _check_file(file, "add_output")
         if file.kind != "temp" and file.kind != "file":
             raise ValueError(f"a task can only write temps or local files, not a {file.kind}")
+        if type(self.outputs) is tuple:
+            self.outputs = list(self.outputs)
         self.outputs.append((file, _sandbox_name(remote_name)))
 
     # -- outcome ----------------------------------------------------------

@@ -249,3 +249,15 @@ def test_source_counts_enough_files_to_feed_its_spread():
         src.counted(a, 1500, None)
     first = [src.next(0.0) for _ in range(6)]
     assert {w.item.path for w in first} == {f"f{i}.root" for i in range(6)}
+
+
+def test_chunk_sizes_summary_is_the_report_of_every_size_in_constant_memory():
+    from ddr._ledger import ChunkSizes
+
+    for sizes in ([], [7], list(range(30, 0, -1)), [5, 9, 2, 2, 40] * 11):
+        kept = ChunkSizes()
+        for s in sizes:
+            kept.append(s)
+        assert kept.summary() == {"first": sizes[:20], "last": sizes[-20:], "min": min(sizes, default=None),
+                                  "max": max(sizes, default=None), "count": len(sizes)}
+        assert len(kept.first) <= 20 and len(kept.last) <= 20

@@ -6,6 +6,7 @@ import sys
 import traceback
 
 import cloudpickle
+import pytest
 
 from vinecore import _serialize
 
@@ -30,3 +31,28 @@ def test_code_pickled_by_value_keeps_its_file_name(tmp_path):
     except ZeroDivisionError as exc:
         frames = traceback.extract_tb(exc.__traceback__)
     assert [(f.filename, f.lineno) for f in frames[1:]] == [(str(src), 3)] * len(frames[1:])
+
+
+class _PicklesInside:
+    """Its reduction pickles something itself, while the outer dump is under way."""
+
+    def __reduce__(self):
+        return (pickle.loads, (_serialize.dumps({"inner": [1, 2, 3]}),))
+
+
+def test_the_reused_pickler_starts_afresh_each_time_and_allows_nested_dumps():
+    shared = [1, 2]
+    first = _serialize.dumps((shared, shared))
+    assert _serialize.dumps((shared, shared)) == first  # no memo carried over from the last dump
+    assert pickle.loads(_serialize.dumps(_PicklesInside())) == {"inner": [1, 2, 3]}
+    assert pickle.loads(_serialize.dumps([_PicklesInside(), 5])) == [{"inner": [1, 2, 3]}, 5]
+    def plus_one(x):  # pickled by value: cloudpickle's per-dump state (globals) is reset too
+        return x + 1
+
+    fn = _serialize.dumps(plus_one)
+    assert pickle.loads(fn)(1) == 2 and _serialize.dumps(plus_one) == fn
+    import threading
+
+    with pytest.raises(TypeError):
+        _serialize.dumps(("before", threading.Lock()))  # fails half-way: the next dump is unaffected
+    assert pickle.loads(_serialize.dumps(("after", "an error"))) == ("after", "an error")
