@@ -1,7 +1,7 @@
 """The node's background downloader: one process per cache root, fed by a queue of requests.
 
 :meth:`vinecore.NodeCache.prefetch` writes a request (``<root>/.queue/<cache name>.json``)
-and makes sure this process runs: ``python <this file> ROOT``, detached (a new
+and makes sure this process runs: ``python <this file> ROOT LOCK_FD``, detached (a new
 session), so it outlives the worker that asked and a run that ends early still
 leaves the cache filled for the next one. The process
 
