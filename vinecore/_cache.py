@@ -195,8 +195,6 @@ class NodeCache:
         folder = os.path.join(self.root, name)
         if stat is not None and stat.size > self.max_bytes:
             return False
-        if _prefetcher.is_queued(self.root, name):
-            return False
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, ".fetch"), "a+b") as f:
             try:
@@ -207,7 +205,7 @@ class NodeCache:
         request = {"url": url, "key": key or "", "identify": identify or "", "max_bytes": self.max_bytes,
                    "timeout": self.timeout, "after_readers": after_readers}
         if not _prefetcher.enqueue(self.root, name, request):
-            return False
+            return False  # queued already
         _prefetcher.ensure_running(self.root)  # after enqueueing: see vinecore._prefetcher
         return True
 

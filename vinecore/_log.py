@@ -63,7 +63,7 @@ class TransactionLog:
             else:
                 m = (f'{{"wall_time": {_num(a)}, "memory": {_num(b)}, '
                      f'"peak_rss": {_num(c)}, "cpu_time": {_num(d)}}}')
-        key = (cores, memory, time_max)
+        key = (cores, memory, time_max, type(cores), type(memory), type(time_max))  # 1 == 1.0, but not as text
         alloc = _ALLOCATED.get(key)
         if alloc is None:
             alloc = f'{{"cores": {_num(cores)}, "memory": {_num(memory)}, "time_max": {_num(time_max)}}}'
@@ -98,7 +98,7 @@ _TRANSITION = '{"task": %d, "category": %s, "state": "%s", "worker": %s, "detail
 _RESULT = ('{"task": %s, "category": %s, "state": "result", "worker": %s, "detail": %s, "attempts": %s, '
            '"allocated": %s, "measured": %s, "time": %r}\n')
 _MEASURED = '{"wall_time": %r, "memory": %r, "peak_rss": %r, "cpu_time": %r}'
-_ALLOCATED: dict[tuple, str] = {}  # (cores, memory, time_max) -> its JSON text: a run has a few shapes
+_ALLOCATED: dict[tuple, str] = {}  # (cores, memory, time_max and their types) -> JSON text: a run has few
 _QUOTED: dict[str | None, str] = {None: "null"}  # str -> its JSON text: categories, details, worker names repeat
 _QUOTED_MAX = 16384  # bounded: the log's memory does not grow with the tasks run
 

@@ -42,7 +42,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["enqueue", "is_queued", "ensure_running", "pending", "SCRIPT"]
+__all__ = ["enqueue", "ensure_running", "pending", "SCRIPT"]
 
 SCRIPT = os.path.abspath(__file__)
 _QUEUE = ".queue"
@@ -52,10 +52,6 @@ _POLL = 0.2  # seconds between looks at the readers' lock (a reader must never w
 
 def _queue(root: str) -> str:
     return os.path.join(root, _QUEUE)
-
-
-def is_queued(root: str, name: str) -> bool:
-    return os.path.exists(os.path.join(_queue(root), name + ".json"))
 
 
 def enqueue(root: str, name: str, request: dict[str, Any]) -> bool:
