@@ -193,7 +193,9 @@ def failed(rec):
 
 def test_server_restarted_mid_run_gives_the_exact_event_count(own_xrootd, generated, tmp_path):
     fileset = url_fileset(tmp_path / "gen.json", generated, own_xrootd.url)
-    proc, d = ddr_run(tmp_path, fileset, "--cache", "never", "--chunk-size", "10000", "--workers", "1",
+    # 2,000-event chunks: the run must outlast the time it takes to see its first chunk (the transactions
+    # log is flushed about once a second while the manager is busy) and stop the server
+    proc, d = ddr_run(tmp_path, fileset, "--cache", "never", "--chunk-size", "2000", "--workers", "1",
                       "--read-timeout", "10", wait=False)
     try:
         assert wait_for_transaction(d / "rundir", processed, proc), "the run ended before a chunk was done"
@@ -215,8 +217,8 @@ def test_server_restarted_mid_run_gives_the_exact_event_count(own_xrootd, genera
 def test_server_gone_for_good_fails_naming_it_in_bounded_time(own_xrootd, generated, tmp_path, skip):
     fileset = url_fileset(tmp_path / "gen.json", generated, own_xrootd.url)
     extra = ["--skip-bad-files"] if skip else []
-    proc, d = ddr_run(tmp_path, fileset, "--cache", "never", "--chunk-size", "10000", "--workers", "1",
-                      "--read-timeout", "10", *extra, wait=False)
+    proc, d = ddr_run(tmp_path, fileset, "--cache", "never", "--chunk-size", "2000", "--workers", "1",
+                      "--read-timeout", "10", *extra, wait=False)  # small chunks: see the test above
     try:
         assert wait_for_transaction(d / "rundir", processed, proc), "the run ended before a chunk was done"
         own_xrootd.stop()
