@@ -158,10 +158,22 @@ class DynamicDataReduction:
         return value
 
     # ---------------------------------------------------------------- run
-    def _open_manager(self) -> tuple[vinecore.Manager, bool]:
+    def _prefork(self) -> Any:
+        """The local engine's zygote (workers forked with everything this process imported, see
+        vinecore.engines._zygote), forked now in the caller's thread: the run's own thread would make the
+        process multi-threaded. None when the run brings its manager or does not fork."""
+        if self.manager is not None or self.engine != "local":
+            return None
+        from vinecore.engines.local import prefork
+
+        return prefork(self.engine_options.get("start_method"), self.engine_options.get("env"))
+
+    def _open_manager(self, zygote: Any = None) -> tuple[vinecore.Manager, bool]:
         if self.manager is not None:
             return self.manager, False
         options = dict(self.engine_options)
+        if zygote is not None:
+            options["zygote"] = zygote
         if self.engine in ("local", "sync"):
             options.setdefault("cores_per_worker", self.options.cores)  # tasks ask for what workers have
         m = vinecore.Manager(engine=self.engine, workers=self.workers, run_dir=self.run_dir, **options)

@@ -61,9 +61,13 @@ class RunHandle:
         if self._claimed is not None:
             _claim_manager(self._claimed, self)
         self._thread = threading.Thread(target=self._main, name="ddr-run", daemon=True)
+        self._zygote = None
         try:
+            self._zygote = ddr._prefork()  # before the run's thread exists (see ddr._api)
             self._thread.start()
         except BaseException:
+            if self._zygote is not None:
+                self._zygote.close()
             _release_manager(self._claimed, self)
             raise
 
@@ -237,7 +241,7 @@ class RunHandle:
         ddr = self._ddr
         m, own, run = None, False, None
         try:
-            m, own = ddr._open_manager()
+            m, own = ddr._open_manager(self._zygote)
             run = self._driver = ddr._start(m)
             last = last_callback = 0.0
             while True:
@@ -265,6 +269,8 @@ class RunHandle:
             except Exception as exc:  # noqa: BLE001
                 if self._error is None:
                     self._error = exc
+            if self._zygote is not None:
+                self._zygote.close()  # (closed with the engine already, unless the manager was never made)
             _release_manager(self._claimed, self)
             self._ended = time.monotonic()
             with self._lock:

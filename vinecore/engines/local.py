@@ -38,11 +38,12 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait as wait_connections
 
+from ._zygote import ForkedProcess, Zygote, ZygoteGone, can_fork
 from .._events import Event, Result, TaskFinished, WorkerJoined, WorkerRemoved
 from .._runtime import DirStore, Outcome, TaskSpec
 from ..exceptions import EngineError
 
-__all__ = ["LocalEngine"]
+__all__ = ["LocalEngine", "prefork"]
 
 _GRACE = 2.0  # seconds past time_max before the supervisor kills
 _WATCH_INTERVAL = 0.05  # seconds between watchdog checks while limited tasks run
@@ -52,7 +53,7 @@ _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 @dataclass
 class _Proc:
     wid: str
-    popen: subprocess.Popen
+    popen: "subprocess.Popen | ForkedProcess"
     conn: Connection
     outbox: "queue.SimpleQueue[bytes | None]"
     running: TaskSpec | None = None
@@ -66,11 +67,13 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, workers: int | None = None, *, run_dir: str, cores_per_worker: int = 1,
-                 env: dict[str, str] | None = None, prefix: str = "local-") -> None:
+                 env: dict[str, str] | None = None, prefix: str = "local-", start_method: str | None = None,
+                 zygote: Zygote | None = None) -> None:
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if cores_per_worker < 1:
             raise ValueError(f"cores_per_worker must be at least 1, got {cores_per_worker}")
+        self.start_method = _resolve(start_method, env)
         # default: as many workers of this size as the machine's cores hold (at least one)
         self.n_workers = workers or max(1, (os.cpu_count() or 1) // cores_per_worker)
         self.cores = cores_per_worker
@@ -89,9 +92,16 @@ class LocalEngine:
         self.pending: list[Event] = []
         self._count = 0
         self._closed = False
+        # the process workers are forked from (see _zygote): given (forked by the caller earlier, while it
+        # ran one thread) or made by start()
+        self.zygote = zygote if self.start_method != "spawn" else None
+        if zygote is not None and self.zygote is None:
+            zygote.close()
 
     # -------------------------------------------------------------- workers
     def start(self) -> list[Event]:
+        if self.zygote is None and (self.start_method == "fork" or (self.start_method == "auto" and can_fork())):
+            self.zygote = Zygote()  # before any thread of this engine exists
         return [self._spawn() for _ in range(self.n_workers)]
 
     def _spawn(self) -> WorkerJoined:
@@ -99,7 +109,7 @@ class LocalEngine:
         self._count += 1
         parent, child = socket.socketpair()
         try:
-            popen = subprocess.Popen(
+            popen = self._forked(child.fileno(), wid) or subprocess.Popen(
                 [sys.executable, "-m", "vinecore.engines._local_worker", str(child.fileno()), wid, self.store.root],
                 pass_fds=[child.fileno()], env=self.env, stdin=subprocess.DEVNULL)
         except OSError as exc:
@@ -116,6 +126,17 @@ class LocalEngine:
         for name, payload in self.libraries.items():
             proc.outbox.put(pickle.dumps(("library", name, payload), protocol=pickle.HIGHEST_PROTOCOL))
         return WorkerJoined(wid, cores=self.cores, slots=1)
+
+    def _forked(self, fd: int, wid: str) -> "ForkedProcess | None":
+        """A worker forked by the zygote; None (start one afresh) without a zygote or once it is gone."""
+        if self.zygote is None:
+            return None
+        try:
+            return self.zygote.spawn(fd, wid, self.store.root, self.env)
+        except ZygoteGone:
+            self.zygote.close()
+            self.zygote = None
+            return None
 
     def _retire(self, proc: _Proc, reason: Result, why: str) -> None:
         """Record the death of ``proc``; report its task; start a replacement."""
@@ -252,6 +273,28 @@ class LocalEngine:
                 proc.popen.wait()
         self.procs.clear()
         self.by_conn.clear()
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+
+
+def _resolve(start_method: str | None, env: dict[str, str] | None) -> str:
+    """``auto`` forks when it is safe (one Python thread) and no environment was asked for (a variable
+    read at import time would keep the manager's value in a forked worker)."""
+    method = start_method or os.environ.get("VINECORE_START_METHOD") or "auto"
+    if method not in ("auto", "fork", "spawn"):
+        raise ValueError(f"start_method must be 'auto', 'fork' or 'spawn', got {method!r}")
+    return "spawn" if method == "auto" and env else method
+
+
+def prefork(start_method: str | None = None, env: dict[str, str] | None = None) -> Zygote | None:
+    """Fork the zygote of a :class:`LocalEngine` made later (pass it as ``zygote=``), now, while the
+    caller's process runs one thread: ddr does this before its run thread starts. None when the engine
+    would not fork (``spawn``, an ``env``, other threads running under ``auto``)."""
+    method = _resolve(start_method, env)
+    if method == "fork" or (method == "auto" and can_fork()):
+        return Zygote()
+    return None
 
 
 def _sender(conn: Connection, outbox: "queue.SimpleQueue[bytes | None]") -> None:

@@ -1,0 +1,180 @@
+"""The local engine's forked workers (vinecore/engines/_zygote.py).
+
+A worker forked from the zygote starts with the manager's modules, and with
+nothing else of the manager's: no descriptors, no ``atexit`` functions, no
+signal handlers. Exit statuses reach the engine; a dead zygote makes the
+engine start workers afresh. The conformance suite runs on both start methods
+(tests/vinecore/test_engines.py); these tests cover what only forking has.
+"""
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+
+import psutil
+import pytest
+
+import vinecore
+from vinecore.engines.local import LocalEngine
+
+pytestmark = pytest.mark.slow
+
+MARKER = "_vinecore_test_fork_marker"
+
+
+@pytest.fixture
+def marker_module():
+    """A module only this process has: a worker that sees it was forked, not started afresh."""
+    sys.modules[MARKER] = types.ModuleType(MARKER)
+    yield MARKER
+    del sys.modules[MARKER]
+
+
+def _has_marker():
+    return MARKER in sys.modules, os.getpid(), os.getppid()
+
+
+def _die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _env(name):
+    return os.environ.get(name)
+
+
+def _run(m, fn, *args):
+    m.submit(vinecore.PythonTask(fn, *args))
+    t = m.wait(60)
+    assert t is not None, "no task finished within 60 s"
+    return t
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_forked_workers_have_the_managers_modules_and_spawned_ones_do_not(tmp_path, marker_module):
+    for method, expected in (("fork", True), ("spawn", False)):
+        with vinecore.Manager(engine="local", workers=1, run_dir=tmp_path / method, start_method=method) as m:
+            t = _run(m, _has_marker)
+            assert t.successful, t.output
+            has, pid, ppid = t.output
+            assert has is expected, method
+            zygote = m.engine.zygote
+            if method == "fork":
+                assert zygote is not None and ppid == zygote.pid and psutil.Process(zygote.pid).ppid() == os.getpid()
+            else:
+                assert zygote is None and ppid == os.getpid()
+
+
+def test_a_killed_forked_worker_is_reported_and_replaced_by_a_forked_one(tmp_path, marker_module):
+    with vinecore.Manager(engine="local", workers=1, run_dir=tmp_path / "run", start_method="fork") as m:
+        first = _run(m, _has_marker).output[1]
+        t = _run(m, _die)
+        assert t.result == "worker lost", t.result
+        assert "killed by SIGKILL" in str(t.output), t.output
+        has, pid, _ = _run(m, _has_marker).output
+        assert has and pid != first
+
+
+def test_forked_workers_hold_none_of_the_managers_descriptors_nor_run_its_atexit(tmp_path, marker_module):
+    flag = tmp_path / "atexit-ran"
+    script = textwrap.dedent(f'''
+        import atexit, os, sys, select, vinecore
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        from test_forked_workers import _has_marker
+        atexit.register(lambda: open({str(flag)!r}, "a").write(f"{{os.getpid()}}\\n"))
+        r, w = os.pipe()  # a worker that kept the write end would keep the read end from seeing EOF
+        with vinecore.Manager(engine="local", workers=2, run_dir={str(tmp_path / "run")!r},
+                              start_method="fork") as m:
+            for i in range(4):
+                m.submit(vinecore.PythonTask(_has_marker))
+            while not m.empty():
+                t = m.wait(60)
+                assert t is not None and t.successful, t and t.output
+            os.close(w)
+            assert select.select([r], [], [], 10)[0], "the pipe's read end saw no EOF: a worker holds its write end"
+            assert os.read(r, 1) == b""
+        print("manager", os.getpid())
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    manager = int(out.stdout.split()[-1])
+    # the manager's own atexit ran once, in the manager; no worker or zygote ran it
+    assert flag.read_text().split() == [str(manager)]
+
+
+def test_workers_get_the_engines_environment_when_forked(tmp_path):
+    engine = LocalEngine(1, run_dir=str(tmp_path / "auto"), env={"VINECORE_TEST_VAR": "x"})
+    assert engine.start_method == "spawn"  # auto: an environment was asked for
+    with vinecore.Manager(engine="local", workers=1, run_dir=tmp_path / "run", start_method="fork",
+                          env={"VINECORE_TEST_VAR": "forked"}) as m:
+        assert _run(m, _env, "VINECORE_TEST_VAR").output == "forked"
+        assert _run(m, _env, "VINECORE_CORES").output == "1"
+
+
+def test_auto_starts_workers_afresh_while_another_thread_runs(tmp_path, marker_module):
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with vinecore.Manager(engine="local", workers=1, run_dir=tmp_path / "run") as m:
+            assert m.engine.zygote is None
+            assert _run(m, _has_marker).output[0] is False
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_a_dead_zygote_makes_the_engine_start_workers_afresh(tmp_path, marker_module):
+    with vinecore.Manager(engine="local", workers=1, run_dir=tmp_path / "run", start_method="fork") as m:
+        has, worker, _ = _run(m, _has_marker).output
+        assert has
+        zygote = m.engine.zygote.pid
+        os.kill(zygote, signal.SIGKILL)
+        # the worker sees its parent change and exits; the engine reports it lost and spawns a new one
+        t = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            t = _run(m, _has_marker)
+            if t.successful and t.output[1] != worker:
+                break
+        assert t is not None and t.successful and t.output[1] != worker, t and (t.result, t.output)
+        assert t.output[0] is False and t.output[2] == os.getpid()  # started afresh by the manager
+        assert m.engine.zygote is None
+    wait_for(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE,
+             10, f"the orphaned worker {worker} to exit")
+
+
+def test_a_bad_start_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="start_method must be 'auto', 'fork' or 'spawn', got 'thread'"):
+        LocalEngine(1, run_dir=str(tmp_path), start_method="thread")
+
+
+def test_a_ddr_run_forks_its_workers_before_its_run_thread_starts(tmp_path):
+    """compute() runs the manager in a thread of its own; the zygote is forked before that thread exists."""
+    script = textwrap.dedent(f'''
+        import sys, types
+        sys.modules["{MARKER}"] = types.ModuleType("{MARKER}")
+        import ddr
+
+        def proc(item):
+            return {{"forked": int("{MARKER}" in sys.modules), "n": 1}}
+
+        job = ddr.DynamicDataReduction({{"ds": {{"n": 6}}}}, proc, preprocess=lambda s: ((i, 1) for i in range(s["n"])),
+                                       workers=2, run_dir={str(tmp_path / "run")!r})
+        print(job.compute())
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "{'ds': {'forked': 6, 'n': 6}}"
