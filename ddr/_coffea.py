@@ -338,19 +338,20 @@ class NanoEventsOpener:
         """Run every processor on the chunk's events (see :func:`process_chunk`); ddr's worker calls this."""
         return process_chunk(self, processors, chunk, cores=cores, reducer=reducer)
 
-    def __call__(self, chunk: Chunk, *, partitions: int = 1) -> Any:
-        """The chunk's events; in dask mode a dask-awkward array of ``partitions`` partitions."""
+    def __call__(self, chunk: Chunk, *, partitions: int = 1, lengths: bool = True) -> Any:
+        """The chunk's events; in dask mode a dask-awkward array of ``partitions`` partitions, whose
+        lengths are known to dask-awkward unless ``lengths=False`` (see ddr._daskchunk)."""
         where = (chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop)
         t = self._tree(chunk.path, chunk.tree, chunk.dataset, chunk.start, chunk.stop)
         try:
-            return self._events(t, chunk, partitions)
+            return self._events(t, chunk, partitions, lengths)
         except BadInputError:
             raise
         except Exception as exc:
             url = self.forget(chunk.path, exc)  # a handle that failed is not reused
             _raise_input_error(exc, *where, "cannot build the events", url=url)
 
-    def _events(self, t: _Tree, chunk: Chunk, partitions: int = 1) -> Any:
+    def _events(self, t: _Tree, chunk: Chunk, partitions: int = 1, lengths: bool = True) -> Any:
         from coffea.nanoevents import NanoEventsFactory
 
         tree = t.tree
@@ -371,7 +372,7 @@ class NanoEventsOpener:
         if self.mode == "dask":
             from ._daskchunk import chunk_events
 
-            return chunk_events(self, t, chunk, partitions)
+            return chunk_events(self, t, chunk, partitions, lengths)
         meta = dict(self.metadata.get(chunk.dataset, {}))
         meta.update(dataset=chunk.dataset, filename=chunk.path, treename=chunk.tree, entrystart=chunk.start,
                     entrystop=chunk.stop, fileuuid=uuid)

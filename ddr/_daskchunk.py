@@ -19,13 +19,20 @@ Policy (the costs are measured on a 1,300-branch NanoAOD file):
   0.1 to 0.3 s whatever the chunk size, so both are done once per key and
   reused:
 
-  - the *graph* per (processors, dataset, file layout, partition lengths):
-    a later chunk with the same key is computed with the same graph, its
-    input layer pointed at the new entry range. A dask-mode ``process`` is a
-    pure graph builder (coffea calls it once per dataset, ddr once per key);
-    the graph depends only on the code, the metadata, the form and the
-    partition lengths (dask-awkward bakes known lengths into it), which are
-    exactly the key;
+  - the *graph* per (processors, dataset, file layout, number of
+    partitions): a later chunk with the same key is computed with the same
+    graph, its input layer pointed at the new entry range. A dask-mode
+    ``process`` is a pure graph builder (coffea calls it once per dataset,
+    ddr once per key); the graph depends only on the code, the metadata and
+    the form, so long as dask-awkward is not told the partitions' lengths:
+    it bakes known lengths into the graph (``ak.num(events, axis=0)`` becomes
+    a constant), and then every new chunk length (the ramp's sizes, the last
+    chunk of every file) would need a graph of its own (0.1 to 0.3 s each).
+    So the events' lengths are left unknown to dask-awkward. A processor that
+    needs them (``len(events)``, a slice that makes dask-awkward compute the
+    lengths) raises while its graph is built: it is built again with known
+    lengths, and those processors keep known lengths, with a graph per
+    (key, partition lengths), on this worker from then on;
   - the *projection* per (processors, dataset, file layout): a new graph of
     the same key (other partition lengths) is projected to the branches
     found before instead of running the typetracer pass again. Should a
@@ -38,6 +45,7 @@ Policy (the costs are measured on a 1,300-branch NanoAOD file):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -131,6 +139,7 @@ class _Binding:
     tree: Any
     base: int  # the chunk's first entry; partitions are given relative to it
     where: tuple  # (dataset, path, tree name, chunk start, chunk stop), for errors
+    edges: tuple  # the partitions' first entries, relative to ``base``, and the chunk's length
     log: _ChunkLog
     setup: float = 0.0  # seconds spent building the template for this chunk (0 when it was kept)
     columns: frozenset | None = None  # a kept projection the unprojected io function applies
@@ -151,7 +160,7 @@ class _ChunkRead:
     def __getstate__(self) -> dict:  # pragma: no cover - graphs never leave the worker
         raise TypeError("a ddr dask-mode chunk graph is computed where it is built; it cannot be pickled")
 
-    def __call__(self, bounds: tuple[int, int]) -> Any:
+    def __call__(self, part: int) -> Any:
         b = self.binding
         inner = self.inner
         if not self.projected and b.columns is not None:
@@ -159,7 +168,7 @@ class _ChunkRead:
         with b.lock:
             b.log.keys.update(inner.common_keys)
             b.log.calls += 1
-        start, stop = b.base + bounds[0], b.base + bounds[1]
+        start, stop = b.base + b.edges[part], b.base + b.edges[part + 1]
         try:
             return inner.read_tree(b.tree, start, stop)[0]
         except Exception as exc:  # named by the chunk's range: the chunk is what is retried or skipped
@@ -193,8 +202,9 @@ def _lengths(size: int, parts: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(edges[:-1], edges[1:]))
 
 
-def chunk_events(opener: Any, t: Any, chunk: Any, partitions: int = 1) -> Any:
-    """The chunk's dask-awkward NanoEvents over the open tree ``t.tree``, in ``partitions`` partitions."""
+def chunk_events(opener: Any, t: Any, chunk: Any, partitions: int = 1, known_lengths: bool = True) -> Any:
+    """The chunk's dask-awkward NanoEvents over the open tree ``t.tree``, in ``partitions`` partitions
+    whose lengths dask-awkward knows unless ``known_lengths=False``."""
     dak = require_dask_awkward()
     from ._coffea import resolve_schema
 
@@ -222,12 +232,13 @@ def chunk_events(opener: Any, t: Any, chunk: Any, partitions: int = 1) -> Any:
     for n in lengths:
         edges.append(edges[-1] + n)
     binding = _Binding(tree, chunk.start, (chunk.dataset, chunk.path, chunk.tree, chunk.start, chunk.stop),
-                       _ChunkLog(), setup)
+                       tuple(edges), _ChunkLog(), setup)
     cache = getattr(getattr(dak, "lib", None), "core", None)
     if cache is not None and hasattr(cache, "dak_cache"):
         cache.dak_cache.clear()  # as coffea does: earlier chunks' graphs must not stay alive
-    events = dak.from_map(_ChunkRead(template, template.io_func, binding), list(zip(edges[:-1], edges[1:])),
-                          divisions=tuple(edges), label="from-uproot", token=uuid.uuid4().hex)
+    divisions = tuple(edges) if known_lengths else (None,) * len(edges)
+    events = dak.from_map(_ChunkRead(template, template.io_func, binding), list(range(len(lengths))),
+                          divisions=divisions, label="from-uproot", token=uuid.uuid4().hex)
     events._meta.attrs["@original_array"] = events  # NanoEvents cross-references (as coffea sets it)
     return events
 
@@ -266,6 +277,7 @@ class DaskModeState:
         self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self.max_templates, self.max_graphs = max_templates, max_graphs
         self.columns: dict[tuple, frozenset] = {}
+        self.sized: set[tuple] = set()  # processors (names) whose graphs need known partition lengths
         self.records: deque[ChunkRecord] = deque(maxlen=10_000)
         self.fallbacks = 0  # graphs re-optimised in full because a kept projection failed
         self.lock = threading.Lock()  # one chunk at a time per opener (a reused graph has one binding)
@@ -303,21 +315,34 @@ def _process(state: DaskModeState, opener: Any, processors: Mapping[str, Any], c
     t0 = time.perf_counter()
     opener.open_tree(chunk.path, chunk.tree, dataset=chunk.dataset, start=chunk.start, stop=chunk.stop)
     opened = time.perf_counter() - t0  # ~0 unless this chunk opened the file
-    partitions = len(_lengths(chunk.size, cores))
-    events = opener(chunk, partitions=partitions)
-    read = next(layer.io_func for layer in events.dask.layers.values()
-                if isinstance(getattr(layer, "io_func", None), _ChunkRead))
-    ckey = (tuple(processors), read.template.key)
-    gkey = (*ckey, _lengths(chunk.size, cores))
+    lengths = _lengths(chunk.size, cores)
+    names = tuple(processors)
+    sized = names in state.sized
+    events = opener(chunk, partitions=len(lengths), lengths=sized)
+    read = _read_of(events)
+    ckey = (names, read.template.key)
+    gkey = (*ckey, lengths if sized else len(lengths))  # a graph over unknown lengths serves any chunk
     graph = state.graphs.get(gkey)
     reused = graph is not None
     kept = None
     if reused:
         state.graphs.move_to_end(gkey)
         b, new = graph.binding, read.binding
-        b.tree, b.base, b.where, b.log = new.tree, new.base, new.where, new.log
+        b.tree, b.base, b.where, b.edges, b.log = new.tree, new.base, new.where, new.edges, new.log
     else:
-        out = {name: call(p, events) for name, p in processors.items()}
+        out = None
+        if not sized:
+            try:
+                with _lengths_unknown_to_dask():
+                    out = {name: call(p, events) for name, p in processors.items()}
+            except Exception:  # noqa: BLE001 - built again with known lengths: a real error is raised there
+                events = opener(chunk, partitions=len(lengths), lengths=True)
+                read = _read_of(events)
+                gkey = (*ckey, lengths)
+        if out is None:
+            out = {name: call(p, events) for name, p in processors.items()}
+            if not sized:
+                state.sized.add(names)  # built with known lengths only: these processors need them
         found: list[Any] = []
 
         def collect(leaf: Any) -> Any:
@@ -366,12 +391,38 @@ def _process(state: DaskModeState, opener: Any, processors: Mapping[str, Any], c
 
     out = compute_leaves(_map_leaves(graph.out, eager), cores)  # other dask collections (delayed, arrays...)
     setup = opened + read.binding.setup
-    record = ChunkRecord(chunk.dataset, chunk.path, chunk.start, chunk.stop, partitions, round(setup, 6),
+    record = ChunkRecord(chunk.dataset, chunk.path, chunk.start, chunk.stop, len(lengths), round(setup, 6),
                          round(t1 - t0 - setup, 6), round(t2 - t1, 6), sorted(graph.binding.log.keys), read.template.branches,
                          None if before is None or after is None else after - before, reused, kept is not None)
     state.records.append(record)
     _log_record(record)
     return out
+
+
+def _read_of(events: Any) -> _ChunkRead:
+    return next(layer.io_func for layer in events.dask.layers.values()
+                if isinstance(getattr(layer, "io_func", None), _ChunkRead))
+
+
+class _NeedsLengths(Exception):
+    """dask-awkward was about to compute the partitions' lengths while a graph was built."""
+
+
+@contextlib.contextmanager
+def _lengths_unknown_to_dask():
+    """While a graph is built over events of unknown lengths, dask-awkward may not compute them on its
+    own (it would read the chunk once to build the graph): it raises instead (once per worker)."""
+    import dask_awkward as dak
+
+    def refuse(self: Any) -> None:
+        raise _NeedsLengths("this processor needs the partitions' lengths")
+
+    original = dak.Array.eager_compute_divisions
+    dak.Array.eager_compute_divisions = refuse
+    try:
+        yield
+    finally:
+        dak.Array.eager_compute_divisions = original
 
 
 def _optimize(collections: list[Any], binding: _Binding, kept: frozenset | None) -> tuple:

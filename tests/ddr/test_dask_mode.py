@@ -172,7 +172,7 @@ def test_column_projection_reads_only_the_branches_the_processor_needs():
     assert first["cutflow"]["DoubleMuon2018/all"] == 20 and second["cutflow"]["DoubleMuon2018/all"] == 20
 
 
-def test_a_graph_is_reused_for_chunks_of_the_same_length_and_gives_what_a_new_one_gives():
+def test_a_graph_is_reused_for_chunks_of_any_length_and_gives_what_a_new_one_gives():
     proc = dask_processor()
     chunks = [dimuon_chunk("DYto2E.root", a, b, "EGamma2023") for a, b in [(0, 300), (300, 600), (600, 800),
                                                                           (800, 1000)]]
@@ -189,8 +189,9 @@ def test_a_graph_is_reused_for_chunks_of_the_same_length_and_gives_what_a_new_on
     finally:
         op.close()
         fresh.close()
+    # one graph for all four (dask-awkward is not told the lengths, so none is baked into the graph)
     assert [(r.graph_reused, r.projection_kept) for r in records] == [(False, False), (True, False),
-                                                                      (False, True), (True, False)]
+                                                                      (True, False), (True, False)]
     for a, b in zip(reused, new):
         for key in HISTS:
             assert a[key] == b[key]
@@ -213,10 +214,10 @@ class Fickle:
 def test_a_kept_projection_that_misses_a_branch_is_redone_in_full():
     op = NanoEventsOpener(mode="dask", metadata={"DY": {"is_mc": True}})
     try:
-        # chunks of different lengths: the second gets a new graph, projected as the first
+        # the second chunk is cut in two partitions: a new graph, projected as the first
         muons, electrons = (process_chunk(op, {"f": Fickle()}, Chunk("DY", str(SAMPLES / "nano_dy.root"),
-                                                                      "Events", 0, stop, None))["f"]
-                            for stop in (40, 39))
+                                                                      "Events", 0, stop, None), cores=cores)["f"]
+                            for stop, cores in ((40, 1), (39, 2)))
         assert op.daskmode.fallbacks == 1 and op.daskmode.records[-1].branches_read == ["nElectron"]
     finally:
         op.close()
@@ -225,6 +226,37 @@ def test_a_kept_projection_that_misses_a_branch_is_redone_in_full():
     coffea_meta = NanoEventsFactory.from_root({str(SAMPLES / "nano_dy.root"): "Events"}, mode="dask",
                                               metadata={"is_mc": True, "dataset": "DY"}).events().metadata
     assert muons["meta"] == coffea_meta  # what apply_to_fileset gives: the dataset's metadata and its name
+
+
+class NeedsLengths:
+    """Uses what dask-awkward only knows with the partitions' lengths: ``len()`` or a slice of the first
+    ``n`` events (which makes dask-awkward compute the lengths, so it is refused while a graph is built)."""
+
+    def __init__(self, how):
+        self.how = how
+
+    def process(self, events):
+        if self.how == "len":
+            return {"len": len(events), "n": ak.sum(ak.num(events.Muon.pt, axis=1))}
+        head = events[:10]
+        return {"len": ak.num(head, axis=0), "n": ak.sum(ak.num(head.Muon.pt, axis=1))}
+
+
+@pytest.mark.parametrize("how", ["len", "slice"])
+def test_a_processor_that_needs_the_lengths_gets_them(how):
+    op = NanoEventsOpener(mode="dask")
+    direct = NanoEventsFactory.from_root({str(SAMPLES / "nano_dy.root"): "Events"}, mode="virtual").events()
+    try:
+        outs = [process_chunk(op, {"p": NeedsLengths(how)}, Chunk("DY", str(SAMPLES / "nano_dy.root"), "Events",
+                                                                   start, stop, None))["p"]
+                for start, stop in ((0, 16), (16, 28), (28, 40))]
+        assert op.daskmode.sized == {("p",)}  # built once more with known lengths, then always so
+        assert [r.graph_reused for r in op.daskmode.records] == [False, False, True]
+    finally:
+        op.close()
+    for out, (start, stop) in zip(outs, ((0, 16), (16, 28), (28, 40))):
+        events = direct[start:stop] if how == "len" else direct[start:start + 10]
+        assert out == {"len": len(events), "n": ak.sum(ak.num(events.Muon.pt, axis=1))}
 
 
 def test_a_chunk_split_over_two_cores_gives_the_same_result():
