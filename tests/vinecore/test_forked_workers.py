@@ -178,3 +178,37 @@ def test_a_ddr_run_forks_its_workers_before_its_run_thread_starts(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "{'ds': {'forked': 6, 'n': 6}}"
+
+
+def test_the_managers_uncollected_garbage_is_never_finalised_in_a_forked_worker(tmp_path):
+    """A temporary directory in a reference cycle is garbage the manager has not collected yet when the
+    zygote is forked; a collection in the zygote or a worker would run its finaliser and delete it."""
+    script = textwrap.dedent(f'''
+        import gc, os, sys, tempfile, vinecore
+
+        def churn():
+            import gc
+            junk = [[i] for i in range(200_000)]
+            for _ in range(3):
+                gc.collect()
+            return len(junk)
+
+        gc.disable()
+        holder = {{"dir": tempfile.TemporaryDirectory(dir={str(tmp_path)!r})}}
+        holder["self"] = holder  # a cycle: only the collector frees it
+        path = holder["dir"].name
+        del holder
+        with vinecore.Manager(engine="local", workers=2, run_dir={str(tmp_path / "run")!r},
+                              start_method="fork") as m:
+            for i in range(4):
+                m.submit(vinecore.PythonTask(churn))
+            while not m.empty():
+                t = m.wait(60)
+                assert t is not None and t.successful, t and t.output
+        assert os.path.isdir(path), "a worker or the zygote finalised the manager's garbage"
+        gc.collect()
+        assert not os.path.exists(path), "the manager's own collection should have removed it"
+        print("ok")
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "ok", out.stderr

@@ -15,9 +15,10 @@ Policy (why it is safe enough, and when it is not used):
 
 * Fork copies only the forking thread. Locks other threads held at that
   moment stay held in the copy, so ``auto`` forks only when the process runs
-  one Python thread (a terminal ``ddr run``, a script); in Jupyter (kernel
-  threads) or under a run handle's thread it starts workers afresh.
-  ``fork`` forces it, ``spawn`` never does it.
+  one Python thread (a terminal ``ddr run``, a script; ddr forks before its
+  run thread starts, see :func:`~vinecore.engines.local.prefork`); in
+  Jupyter (kernel threads) it starts workers afresh. ``fork`` forces it,
+  ``spawn`` never does it.
 * The zygote lets go of what belongs to the manager: standard input is
   /dev/null, standard output and error are new file objects on the same
   descriptors (the old ones' locks may be held), every other inherited
@@ -27,15 +28,17 @@ Policy (why it is safe enough, and when it is not used):
   ``os._exit``: the manager's ``atexit`` functions and finalisers (temporary
   directories) never run in them.
 * Environment variables the engine sets for workers are applied with
-  ``os.environ`` in the zygote. Those read only when a library is imported
+  ``os.environ`` in each forked worker (``MALLOC_ARENA_MAX`` with
+  ``mallopt``). Those read only when a library is imported
   (``OMP_NUM_THREADS`` for a BLAS the manager already loaded) keep the
   manager's value: pass ``start_method="spawn"`` when they matter.
 * The zygote reports each worker's exit status over its control socket; a
   worker whose zygote dies is re-parented and exits (its supervisor watch),
   and the engine goes back to starting workers afresh.
 
-Messages on the control socket are pickled tuples: ``("fork", worker id,
-store root)`` with the worker's socket passed as ``SCM_RIGHTS``, answered by
+Messages on the control socket (``SOCK_SEQPACKET``: one message per
+datagram) are pickled tuples: ``("fork", worker id, store root, environment
+updates)`` with the worker's socket passed as ``SCM_RIGHTS``, answered by
 ``("pid", pid)`` (or ``("error", text)``); ``("exit", pid, code)`` whenever a
 worker ends (``code`` is ``-signal`` for a signal, as ``subprocess`` reports).
 """
@@ -80,6 +83,7 @@ class Zygote:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the zygote (tested through the engine)
+            gc.freeze()  # first: a collection here could finalise the manager's garbage (a temp directory)
             code = 70
             try:
                 ours.close()
@@ -186,7 +190,7 @@ def _serve(sock: socket.socket) -> int:  # pragma: no cover - runs in the zygote
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the manager's to handle
-    gc.freeze()
+    gc.freeze()  # what the zygote made so far, too: its workers never collect it
     children: set[int] = set()
     while True:
         ready = select.select([sock, wake_r], [], [])[0]
