@@ -149,8 +149,14 @@ class Zygote:
         try:
             self.sock.close()
         finally:
+            deadline = time.monotonic() + 5.0  # it exits at once; a stuck one is killed, never waited on forever
             try:
-                os.waitpid(self.pid, 0)
+                while os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+                    if time.monotonic() > deadline:
+                        os.kill(self.pid, signal.SIGKILL)
+                        os.waitpid(self.pid, 0)
+                        break
+                    time.sleep(0.005)
             except ChildProcessError:
                 pass
 
