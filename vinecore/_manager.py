@@ -434,7 +434,8 @@ class Manager:
             task.std_output = rep.std_output
             task.resources_measured = ResourcesMeasured(rep.wall_time, rep.memory, rep.peak_rss, rep.cpu_time)
             task.output_size = rep.output_size
-            task.metrics = dict(rep.metrics or {})
+            if rep.metrics:  # else the task keeps the empty dict it was made with
+                task.metrics = dict(rep.metrics)
             if rep.output is not None:
                 try:
                     task.output = _serialize.loads(rep.output)
