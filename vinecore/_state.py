@@ -423,22 +423,22 @@ class Scheduler:
 
     def _pick(self, w: _Worker) -> _Task | None:
         node_keys = self._node_recent.get(w.node) if w.node is not None else None
-        if w.recent or node_keys:  # the top's priority is only needed to weigh locality keys
+        if w.recent or node_keys:  # locality keys to weigh (against the top's priority)
             top = self._top()
             if top is None:
                 return None
-        for keys in (w.recent, node_keys or ()):
-            for key in reversed(keys):
-                dq = self._by_key.get(key)
-                while dq and not self._valid(*dq[0]):
-                    dq.popleft()
-                if dq:
-                    cand = self.tasks[dq[0][0]]
-                    if cand.priority == top.priority and w.fits(cand):
+            for keys in (w.recent, node_keys or ()):
+                for key in reversed(keys):
+                    dq = self._by_key.get(key)
+                    while dq and not self._valid(*dq[0]):
                         dq.popleft()
-                        return cand
-                elif dq is not None:
-                    del self._by_key[key]
+                    if dq:
+                        cand = self.tasks[dq[0][0]]
+                        if cand.priority == top.priority and w.fits(cand):
+                            dq.popleft()
+                            return cand
+                    elif dq is not None:
+                        del self._by_key[key]
         skipped = []
         found = None
         heap, tasks = self._heap, self.tasks
