@@ -161,7 +161,10 @@ class Scheduler:
         self.hungry_minimum = hungry_minimum
         self.tasks: dict[int, _Task] = {}
         self.workers: dict[str, _Worker] = {}
-        self._free: dict[str, None] = {}  # workers with a free slot, round-robin order
+        # workers with a free slot, round-robin order: taken from the front, put back at the end. An
+        # OrderedDict finds its first key at once; a dict scans past every key deleted since it last
+        # resized (thousands with 10,000 workers: microseconds per dispatch)
+        self._free: OrderedDict[str, None] = OrderedDict()
         self._heap: list[tuple[float, int, int, int]] = []  # (-priority, seq, token, id)
         self._by_key: dict[str, deque[tuple[int, int]]] = {}  # locality -> (id, token)
         self._node_recent: dict[str, OrderedDict[str, None]] = {}  # node -> keys its workers served
