@@ -251,7 +251,8 @@ class ReductionState:
             prio = -float(d.rank)
         locality = d.planner.locality(work) if work is not None else (
             count.file.path if count is not None else None)
-        out.append(Submit(job, kind, d.name, prio, work, count, tuple(p for p, _ in inputs), locality))
+        out.append(Submit(job, kind, d.name, prio, work, count, tuple([p for p, _ in inputs]) if inputs else (),
+                          locality))
 
     def _job_done(self, job: _Job) -> _Dataset:
         d = self.datasets[job.dataset]

@@ -307,7 +307,7 @@ class Manager:
         task.manager = self
         library = getattr(task, "library_name", None)
         sandbox_in, sandbox_out, out_file = task.inputs, task.outputs, task.output_file
-        outputs = tuple(f.cache_name for f, _ in sandbox_out)
+        outputs = tuple([f.cache_name for f, _ in sandbox_out]) if sandbox_out else ()
         if out_file is not None:
             outputs += (out_file.cache_name,)
         if arg_files or sandbox_in:
