@@ -48,9 +48,8 @@ def fewer_full_collections() -> Iterator[None]:
     global _active, _saved, _ours
     with _lock:
         if _active == 0:
-            _saved = gc.get_threshold()
-            young, middle, old = _saved
-            _ours = (young, middle, old * FULL_COLLECTION_FACTOR)
+            _saved = t = gc.get_threshold()  # (young, middle, oldest) on CPython
+            _ours = t[:2] + (t[2] * FULL_COLLECTION_FACTOR,) + t[3:] if len(t) >= 3 else t
             gc.set_threshold(*_ours)
         _active += 1
     try:
