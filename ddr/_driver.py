@@ -297,7 +297,7 @@ class Driver:
         self._task_of.pop(job, None)
         m = t.resources_measured
         wall, mem = (m.wall_time, m.memory) if m is not None else (0.0, None)
-        metrics = tuple(sorted(t.metrics.items()))
+        metrics = tuple(sorted(t.metrics.items())) if t.metrics else ()
         now = self.clock()
         if t.successful:
             if t.output_file is not None:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from ._api import DynamicDataReduction
 from ._driver import DatasetProgress, Driver
+from ._gcpolicy import fewer_full_collections
 from ._reduction import RunStatus
 from ._report import build_report
 from .exceptions import DDRError
@@ -243,20 +244,8 @@ class RunHandle:
         try:
             m, own = ddr._open_manager(self._zygote)
             run = self._driver = ddr._start(m)
-            last = last_callback = 0.0
-            while True:
-                if self._cancel_reason is not None and run.machine.status is RunStatus.RUNNING:
-                    run.cancel()
-                fin = run.step(0.1)
-                now = time.monotonic()
-                if fin or now - last >= min(0.2, self._progress_interval):
-                    call_back = fin or now - last_callback >= self._progress_interval
-                    self._publish_progress(run, call_back)
-                    last = now
-                    last_callback = now if call_back else last_callback
-                self._serve_requests(run)
-                if fin:
-                    break
+            with fewer_full_collections():  # thousands of tasks in flight: see ddr._gcpolicy
+                self._loop(run)
         except BaseException as exc:  # noqa: BLE001 - handed to result()
             self._error = exc
         finally:
@@ -283,6 +272,22 @@ class RunHandle:
                 ev.set()
             for fn in callbacks:
                 _call(fn, self)
+
+    def _loop(self, run: Driver) -> None:
+        last = last_callback = 0.0
+        while True:
+            if self._cancel_reason is not None and run.machine.status is RunStatus.RUNNING:
+                run.cancel()
+            fin = run.step(0.1)
+            now = time.monotonic()
+            if fin or now - last >= min(0.2, self._progress_interval):
+                call_back = fin or now - last_callback >= self._progress_interval
+                self._publish_progress(run, call_back)
+                last = now
+                last_callback = now if call_back else last_callback
+            self._serve_requests(run)
+            if fin:
+                return
 
     def _publish_progress(self, run: Driver, call_back: bool) -> None:
         snaps = run.progress()

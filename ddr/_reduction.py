@@ -2,10 +2,11 @@
 
 ``ReductionState.handle(*events) -> list[Action]`` is the only way a run's
 state changes. It knows nothing of vinecore's tasks or engines, threads, clocks
-or files (it borrows only ``vinecore._frozen.fast_init``, a faster constructor
-for its frozen messages): the driver (:mod:`ddr._driver`) turns finished tasks
-into events, carries out the actions, and passes the time in. Every policy below is therefore tested with
-events alone (``tests/ddr/test_reduction.py``).
+or files (its messages, in :mod:`ddr._reduction_messages`, borrow only
+``vinecore._frozen.fast_init``, a faster constructor): the driver
+(:mod:`ddr._driver`) turns finished tasks into events, carries out the actions,
+and passes the time in. Every policy below is therefore tested with events alone
+(``tests/ddr/test_reduction.py``).
 
 Jobs and partials
     A job is one task the driver runs: *process* a work item, *count* a
@@ -64,15 +65,16 @@ Accounting
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from vinecore._frozen import fast_init
-
 from ._ledger import Coverage, DatasetLedger
 from ._planner import CountRequest, Planner, Work
+from ._reduction_messages import (
+    Action, CancelJob, CancelRun, Capacity, DatasetProgress, Event, Finalize, JobEnded, Kind, Notice, Outcome,
+    Release, RunEnded, RunStatus, Submit,
+)
 
 __all__ = ["ReductionState", "RunStatus", "Kind", "Outcome", "Capacity", "JobEnded", "CancelRun",
            "Submit", "CancelJob", "Release", "Finalize", "Notice", "RunEnded", "DatasetProgress"]
@@ -80,142 +82,9 @@ __all__ = ["ReductionState", "RunStatus", "Kind", "Outcome", "Capacity", "JobEnd
 ACCUMULATE_PRIORITY = 1_000_000.0
 COUNT_PRIORITY = 500_000.0
 
-
-class RunStatus(str, enum.Enum):
-    RUNNING = "running"
-    FINISHED = "finished"  # every dataset finalised (some may be incomplete: see the ledgers)
-    FAILED = "failed"  # stopped by a fatal error
-    CANCELLED = "cancelled"  # stopped on request
-
-
-class Kind(str, enum.Enum):
-    PROCESS = "process"
-    COUNT = "count"
-    ACCUMULATE = "accumulate"
-
-
-class Outcome(str, enum.Enum):
-    SUCCESS = "success"
-    EXHAUSTED = "resource exhaustion"
-    TIMED_OUT = "max wall time"
-    LOST = "worker lost"
-    BAD_INPUT = "bad input"
-    ERROR = "error"
-    UNSATISFIABLE = "unsatisfiable"
-    SETUP = "setup error"  # the workers' environment cannot run anything: a full disk, a missing module
-    CANCELLED = "cancelled"
-
-
 # hot enum members as module constants: a member looked up on its enum class costs a metaclass attribute lookup
 _PROCESS, _COUNT, _ACCUMULATE = Kind.PROCESS, Kind.COUNT, Kind.ACCUMULATE
 _RUNNING, _SUCCESS = RunStatus.RUNNING, Outcome.SUCCESS
-
-
-# ------------------------------------------------------------------ events
-@dataclass(frozen=True, slots=True)
-class Event:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity(Event):
-    """The engine wants ``slots`` more tasks; ``workers`` are up."""
-
-    slots: int
-    now: float = 0.0
-    workers: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class JobEnded(Event):
-    """A job came back. ``value``: a count's ``(entries, uuid)``; ``error``: what was raised;
-    ``transient``: a bad input that may read fine on a retry; ``wall``/``memory``: measurements;
-    ``metrics``: ``(name, value)`` pairs the task reported, summed into its dataset's ledger."""
-
-    job: int
-    outcome: Outcome
-    now: float = 0.0
-    value: Any = None
-    error: BaseException | None = None
-    transient: bool = False
-    wall: float = 0.0
-    memory: float | None = None
-    metrics: tuple[tuple[str, float], ...] = ()  # what the task reported (vinecore.report_metric), any outcome
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRun(Event):
-    reason: str = "cancelled"
-
-
-# ----------------------------------------------------------------- actions
-@dataclass(frozen=True, slots=True)
-class Action:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Submit(Action):
-    job: int
-    kind: Kind
-    dataset: str
-    priority: float
-    work: Work | None = None  # process
-    count: CountRequest | None = None  # count
-    inputs: tuple[int, ...] = ()  # accumulate: partials to merge
-    locality: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CancelJob(Action):
-    job: int
-
-
-@dataclass(frozen=True, slots=True)
-class Release(Action):
-    """The partial is merged into another (or fetched): drop it from the workers."""
-
-    partial: int
-
-
-@dataclass(frozen=True, slots=True)
-class Finalize(Action):
-    """Merge these partials (on the manager when several) into the dataset's final result."""
-
-    dataset: str
-    partials: tuple[int, ...]
-    coverage: Coverage
-    complete: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Notice(Action):
-    """Something the user should hear about (split, failed chunk, bad file, dataset done)."""
-
-    kind: str
-    dataset: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class RunEnded(Action):
-    status: RunStatus
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class DatasetProgress:
-    """A snapshot of one dataset's progress."""
-
-    dataset: str
-    events_done: int
-    events_total: int | None
-    chunks_done: int
-    chunks_failed: int
-    chunks_running: int
-    events_per_second: float
-    eta_seconds: float | None
-    finished: bool
 
 
 # ------------------------------------------------------------------ state
@@ -323,10 +192,13 @@ class ReductionState:
                 self._stop(RunStatus.CANCELLED, None, out)
             else:
                 raise TypeError(f"ReductionState cannot handle {type(ev).__name__}")
-        if self._dirty:
-            for d in sorted((self.datasets[n] for n in self._dirty), key=lambda d: d.rank):
+        dirty = self._dirty
+        if len(dirty) == 1:  # the usual case: no sorting
+            self._reduce(self.datasets[dirty.pop()], out)
+        elif dirty:
+            for d in sorted((self.datasets[n] for n in dirty), key=lambda d: d.rank):
                 self._reduce(d, out)
-            self._dirty.clear()
+            dirty.clear()
         if self.status is _RUNNING:
             if not self._live:
                 self.status = RunStatus.FINISHED
@@ -379,7 +251,8 @@ class ReductionState:
             prio = -float(d.rank)
         locality = d.planner.locality(work) if work is not None else (
             count.file.path if count is not None else None)
-        out.append(Submit(job, kind, d.name, prio, work, count, tuple(p for p, _ in inputs), locality))
+        out.append(Submit(job, kind, d.name, prio, work, count, tuple([p for p, _ in inputs]) if inputs else (),
+                          locality))
 
     def _job_done(self, job: _Job) -> _Dataset:
         d = self.datasets[job.dataset]
@@ -589,8 +462,3 @@ def _describe(item: Any) -> dict[str, Any]:
     if hasattr(item, "path") and hasattr(item, "start"):
         return {"file": item.path, "start": item.start, "stop": item.stop}
     return {"item": repr(item)[:120]}
-
-
-for _cls in (Capacity, JobEnded, CancelRun, Submit, CancelJob, Release, Finalize, Notice, RunEnded):
-    fast_init(_cls)  # several per task: set slots directly (still frozen; see vinecore._frozen)
-del _cls

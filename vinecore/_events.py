@@ -12,7 +12,7 @@ Every message is a frozen dataclass; results are members of :class:`Result`.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._frozen import fast_init
@@ -158,7 +158,6 @@ class Transition(Action):
     new: TaskState
     worker_id: str | None = None
     detail: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 for _cls in (TaskSubmitted, CancelRequested, WorkerJoined, WorkerRemoved, TaskFinished, FileForgotten, Dispatch, Kill,

@@ -307,7 +307,7 @@ class Manager:
         task.manager = self
         library = getattr(task, "library_name", None)
         sandbox_in, sandbox_out, out_file = task.inputs, task.outputs, task.output_file
-        outputs = tuple(f.cache_name for f, _ in sandbox_out)
+        outputs = tuple([f.cache_name for f, _ in sandbox_out]) if sandbox_out else ()
         if out_file is not None:
             outputs += (out_file.cache_name,)
         if arg_files or sandbox_in:
@@ -434,7 +434,8 @@ class Manager:
             task.std_output = rep.std_output
             task.resources_measured = ResourcesMeasured(rep.wall_time, rep.memory, rep.peak_rss, rep.cpu_time)
             task.output_size = rep.output_size
-            task.metrics = dict(rep.metrics or {})
+            if rep.metrics:  # else the task keeps the empty dict it was made with
+                task.metrics = dict(rep.metrics)
             if rep.output is not None:
                 try:
                     task.output = _serialize.loads(rep.output)

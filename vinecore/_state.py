@@ -161,7 +161,10 @@ class Scheduler:
         self.hungry_minimum = hungry_minimum
         self.tasks: dict[int, _Task] = {}
         self.workers: dict[str, _Worker] = {}
-        self._free: dict[str, None] = {}  # workers with a free slot, round-robin order
+        # workers with a free slot, round-robin order: taken from the front, put back at the end. An
+        # OrderedDict finds its first key at once; a dict scans past every key deleted since it last
+        # resized (thousands with 10,000 workers: microseconds per dispatch)
+        self._free: OrderedDict[str, None] = OrderedDict()
         self._heap: list[tuple[float, int, int, int]] = []  # (-priority, seq, token, id)
         self._by_key: dict[str, deque[tuple[int, int]]] = {}  # locality -> (id, token)
         self._node_recent: dict[str, OrderedDict[str, None]] = {}  # node -> keys its workers served
@@ -423,22 +426,22 @@ class Scheduler:
 
     def _pick(self, w: _Worker) -> _Task | None:
         node_keys = self._node_recent.get(w.node) if w.node is not None else None
-        if w.recent or node_keys:  # the top's priority is only needed to weigh locality keys
+        if w.recent or node_keys:  # locality keys to weigh (against the top's priority)
             top = self._top()
             if top is None:
                 return None
-        for keys in (w.recent, node_keys or ()):
-            for key in reversed(keys):
-                dq = self._by_key.get(key)
-                while dq and not self._valid(*dq[0]):
-                    dq.popleft()
-                if dq:
-                    cand = self.tasks[dq[0][0]]
-                    if cand.priority == top.priority and w.fits(cand):
+            for keys in (w.recent, node_keys or ()):
+                for key in reversed(keys):
+                    dq = self._by_key.get(key)
+                    while dq and not self._valid(*dq[0]):
                         dq.popleft()
-                        return cand
-                elif dq is not None:
-                    del self._by_key[key]
+                    if dq:
+                        cand = self.tasks[dq[0][0]]
+                        if cand.priority == top.priority and w.fits(cand):
+                            dq.popleft()
+                            return cand
+                    elif dq is not None:
+                        del self._by_key[key]
         skipped = []
         found = None
         heap, tasks = self._heap, self.tasks

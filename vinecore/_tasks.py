@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ._files import File, new_temp
+from ._frozen import fast_init
 
 __all__ = ["Task", "PythonTask", "FunctionCall", "Library", "ResourcesMeasured"]
 
 
-@dataclass(frozen=True)
+@fast_init  # one per finished task
+@dataclass(frozen=True, slots=True)
 class ResourcesMeasured:
     """What one attempt used: wall time (s), peak memory above the worker's
     baseline (MB), peak resident memory of the process (MB), cpu time (s)."""
