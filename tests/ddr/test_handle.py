@@ -253,15 +253,17 @@ def test_handle_inside_a_running_event_loop(manager, reference, tmp_path):
     assert handle.status == "finished"
 
 
-def _worker_pids():
-    return {p.pid for p in psutil.Process().children() if "vinecore.engines._local_worker" in " ".join(p.cmdline())}
+def _worker_pids(manager):
+    """The manager's live worker processes (children of this process, or of its zygote when forked)."""
+    pids = set(manager.engine.worker_pids().values())
+    return {p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
 
 
 @pytest.mark.timeout(180)
 def test_warm_rerun_uses_the_same_worker_processes(manager, reference):
     first = ddr.CoffeaDynamicDataReduction(SAMPLES_JSON, PidDimuon(), manager=manager, chunk_size=100).submit()
     pids_first = set().union(*(v["pids"] for v in first.result(timeout=120).values()))
-    before = _worker_pids()
+    before = _worker_pids(manager)
     second = ddr.CoffeaDynamicDataReduction(SAMPLES_JSON, PidDimuon(), manager=manager, chunk_size=100).submit()
     out = second.result(timeout=120)
     pids_second = set().union(*(v["pids"] for v in out.values()))
@@ -294,7 +296,7 @@ def test_a_finished_run_closes_its_context_on_the_kept_workers(manager, tmp_path
                                    manager=manager)
     out = run.compute()
     assert out["ds"]["sum"] == sum(range(40))
-    workers = _worker_pids()
+    workers = _worker_pids(manager)
     assert out["ds"]["pids"] <= workers
     def closed():  # every worker built the context at install: every one must close it
         return {int(p.name.split("-")[1]) for p in tmp_path.glob("closed-*")}
