@@ -3,7 +3,10 @@
 Each worker is a long-lived Python process (``vinecore.engines._local_worker``)
 that runs one task at a time and keeps its library contexts across tasks. The
 processes share a store directory, so a temp written by one is read by another
-without passing through the manager.
+without passing through the manager. ``start_method`` says how they start:
+forked from a zygote, a copy of the manager's process with everything it
+imported (``fork``; see :mod:`vinecore.engines._zygote`), or afresh with
+``python -m`` (``spawn``); ``auto`` forks when the process runs one thread.
 
 This adapter supervises them from the manager's process:
 
