@@ -79,8 +79,11 @@ class Zygote:
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # one message per datagram
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):  # what is buffered is written once, not by every copy
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):  # None, or closed
+                pass
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the zygote (tested through the engine)
             gc.freeze()  # first: a collection here could finalise the manager's garbage (a temp directory)
