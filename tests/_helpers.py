@@ -2,6 +2,7 @@
 
 import importlib.util
 import sys
+import time
 
 import hist
 
@@ -18,6 +19,15 @@ def assert_same(a, b, where="output"):
         assert a == b, f"{where}: histograms differ"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def wait_for(predicate, timeout, what):
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
 
 
 def generator():

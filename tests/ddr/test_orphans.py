@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from tests._helpers import generate
+from tests._helpers import generate, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +47,6 @@ class Spinning(processor.ProcessorABC):
 @pytest.fixture(scope="module")
 def fileset(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("orphans"), files=1, events_per_file=2000, chunk=1000)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def gone(pid):

@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 import vinecore
+from tests._helpers import wait_for
 from vinecore.engines.local import LocalEngine
 
 pytestmark = pytest.mark.slow
@@ -48,19 +49,18 @@ def _env(name):
     return os.environ.get(name)
 
 
+def _run_script(script):
+    """Run ``script`` in a Python process of its own (a fresh, single-threaded manager process)."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def _run(m, fn, *args):
     m.submit(vinecore.PythonTask(fn, *args))
     t = m.wait(60)
     assert t is not None, "no task finished within 60 s"
     return t
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_forked_workers_have_the_managers_modules_and_spawned_ones_do_not(tmp_path, marker_module):
@@ -87,18 +87,20 @@ def test_a_killed_forked_worker_is_reported_and_replaced_by_a_forked_one(tmp_pat
         assert has and pid != first
 
 
-def test_forked_workers_hold_none_of_the_managers_descriptors_nor_run_its_atexit(tmp_path, marker_module):
+def test_forked_workers_hold_none_of_the_managers_descriptors_nor_run_its_atexit(tmp_path):
     flag = tmp_path / "atexit-ran"
     script = textwrap.dedent(f'''
         import atexit, os, sys, select, vinecore
-        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
-        from test_forked_workers import _has_marker
+
+        def pid():
+            return os.getpid()
+
         atexit.register(lambda: open({str(flag)!r}, "a").write(f"{{os.getpid()}}\\n"))
         r, w = os.pipe()  # a worker that kept the write end would keep the read end from seeing EOF
         with vinecore.Manager(engine="local", workers=2, run_dir={str(tmp_path / "run")!r},
                               start_method="fork") as m:
             for i in range(4):
-                m.submit(vinecore.PythonTask(_has_marker))
+                m.submit(vinecore.PythonTask(pid))
             while not m.empty():
                 t = m.wait(60)
                 assert t is not None and t.successful, t and t.output
@@ -107,8 +109,7 @@ def test_forked_workers_hold_none_of_the_managers_descriptors_nor_run_its_atexit
             assert os.read(r, 1) == b""
         print("manager", os.getpid())
     ''')
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = _run_script(script)
     manager = int(out.stdout.split()[-1])
     # the manager's own atexit ran once, in the manager; no worker or zygote ran it
     assert flag.read_text().split() == [str(manager)]
@@ -175,8 +176,7 @@ def test_a_ddr_run_forks_its_workers_before_its_run_thread_starts(tmp_path):
                                        workers=2, run_dir={str(tmp_path / "run")!r})
         print(job.compute())
     ''')
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = _run_script(script)
     assert out.stdout.strip().splitlines()[-1] == "{'ds': {'forked': 6, 'n': 6}}"
 
 
@@ -210,5 +210,4 @@ def test_the_managers_uncollected_garbage_is_never_finalised_in_a_forked_worker(
         assert not os.path.exists(path), "the manager's own collection should have removed it"
         print("ok")
     ''')
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.split()[-1] == "ok", out.stderr
+    assert _run_script(script).stdout.split()[-1] == "ok"

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 import vinecore
+from tests._helpers import wait_for
 
 PARENT = textwrap.dedent('''
     import os, sys, time
@@ -37,14 +38,6 @@ PARENT = textwrap.dedent('''
     m.submit(vinecore.PythonTask(busy, sys.argv[1]))
     m.wait(600)
 ''')
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def gone(pid):
