@@ -103,8 +103,8 @@ class LocalEngine:
 
     # -------------------------------------------------------------- workers
     def start(self) -> list[Event]:
-        if self.zygote is None and (self.start_method == "fork" or (self.start_method == "auto" and can_fork())):
-            self.zygote = Zygote()  # before any thread of this engine exists
+        if self.zygote is None:
+            self.zygote = prefork(self.start_method)  # before any thread of this engine exists
         return [self._spawn() for _ in range(self.n_workers)]
 
     def _spawn(self) -> WorkerJoined:
