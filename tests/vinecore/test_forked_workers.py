@@ -211,3 +211,26 @@ def test_the_managers_uncollected_garbage_is_never_finalised_in_a_forked_worker(
         print("ok")
     ''')
     assert _run_script(script).stdout.split()[-1] == "ok"
+
+
+def test_a_forked_process_names_its_temps_apart_from_its_parent():
+    """Temp names are a per-process random prefix and a counter: a fork gets a prefix of its own (else a
+    forked worker's first temp would be named as the manager's next one)."""
+    from vinecore._files import new_temp
+
+    mine = new_temp().cache_name
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next temp's name and leave without running any cleanup
+        try:
+            os.write(w, new_temp().cache_name.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    theirs = os.read(r, 200).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    ours_next = new_temp().cache_name
+    prefix = mine.rsplit("-", 1)[0]
+    assert ours_next.startswith(prefix + "-") and ours_next != mine
+    assert theirs.startswith("temp-") and not theirs.startswith(prefix + "-"), (mine, theirs)
