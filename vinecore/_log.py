@@ -40,14 +40,21 @@ class TransactionLog:
         record["time"] = round(time.time(), 6)
         self._f.write(json.dumps(record, default=str) + "\n")
 
-    def transition(self, task: int, category: str | None, state: str, worker: str | None, detail: str) -> None:
-        """One state change: the hot path (four per task), written without the generic JSON encoder."""
+    def transition(self, task: int, category: str | None, state: str, worker: str | None, detail: str,
+                   stamp: str | None = None) -> None:
+        """One state change: the hot path (four per task), written without the generic JSON encoder.
+        ``stamp``: the time as :meth:`stamp` wrote it, for several lines of one instant (now if None)."""
         if self._f is None:
             return
         q = _QUOTED.get
-        sec, us = divmod(time_ns() // 1000, 1_000_000)
         self._f.write(_TRANSITION % (task, q(category) or _str(category), state, q(worker) or _str(worker),
-                                     q(detail) or _str(detail), sec, us))
+                                     q(detail) or _str(detail), stamp or self.stamp()))
+
+    @staticmethod
+    def stamp() -> str:
+        """Now, as a transition line's time: ``"%.6f" % time.time()``, from integer microseconds."""
+        sec, us = divmod(time_ns() // 1000, 1_000_000)
+        return "%d.%06d" % (sec, us)
 
     def result(self, task: int, category: str | None, worker: str | None, detail: str | None, attempts: int,
                cores: Any, memory: Any, time_max: Any, measured: tuple[Any, Any, Any, Any] | None) -> None:
@@ -98,7 +105,7 @@ _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 
 # times are formatted from integer microseconds (float formatting costs several times more):
 # transition lines as "%.6f" % time.time() writes them, result lines as repr(round(time.time(), 6)) does
-_TRANSITION = '{"task": %d, "category": %s, "state": "%s", "worker": %s, "detail": %s, "time": %d.%06d}\n'
+_TRANSITION = '{"task": %d, "category": %s, "state": "%s", "worker": %s, "detail": %s, "time": %s}\n'
 _RESULT = ('{"task": %s, "category": %s, "state": "result", "worker": %s, "detail": %s, "attempts": %s, '
            '"allocated": %s, "measured": %s, "time": %s}\n')
 _MEASURED = '{"wall_time": %r, "memory": %r, "peak_rss": %r, "cpu_time": %r}'

@@ -381,6 +381,10 @@ class Manager:
         self._check_open("ask hungry()")
         return self._scheduler.hungry()
 
+    def workers_connected(self) -> int:
+        """How many workers are connected now (``statistics().workers``, without building a snapshot)."""
+        return self._scheduler.worker_count()
+
     def cancel_by_task_id(self, task_id: int) -> bool:
         """Cancel a task; it comes back from wait() with result "cancelled". False if unknown or done."""
         self._check_open("cancel a task")
@@ -404,12 +408,18 @@ class Manager:
     # ------------------------------------------------------------ internals
     def _apply(self, actions) -> None:
         log, tasks = self._log, self._tasks
+        stamp = None  # consecutive transitions share one reading of the clock (an engine call reads it anew)
         for a in actions:
             kind = type(a)
             if kind is Transition:  # four per task: the hottest
                 t = tasks.get(a.task_id)
-                log.transition(a.task_id, t.category if t else None, _STATE_NAMES[a.new], a.worker_id, a.detail)
-            elif kind is Dispatch:
+                if stamp is None:
+                    stamp = log.stamp()
+                log.transition(a.task_id, t.category if t else None, _STATE_NAMES[a.new], a.worker_id, a.detail,
+                               stamp)
+                continue
+            stamp = None
+            if kind is Dispatch:
                 self._engine.execute(a.worker_id, self._spec_of(a))
             elif kind is Complete:
                 self._complete(a)

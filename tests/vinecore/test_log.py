@@ -66,3 +66,22 @@ def test_a_busy_poll_flushes_only_stale_lines(tmp_path):
     log.flush_if_stale()
     assert json.loads(path.read_text())["task"] == 1
     log.close()
+
+
+def test_a_shared_stamp_is_the_time_of_each_line(tmp_path):
+    """The manager reads the clock once for consecutive transitions: they carry that stamp, which is
+    the time as "%.6f" writes it."""
+    import time
+
+    path = tmp_path / "t.jsonl"
+    log = TransactionLog(str(path))
+    before = time.time()
+    stamp = log.stamp()
+    after = time.time()
+    log.transition(1, "c", "waiting", None, "", stamp)
+    log.transition(1, "c", "ready", None, "", stamp)
+    log.transition(1, "c", "running", "w", "attempt 1")
+    log.close()
+    texts = [line.split('"time": ')[1].strip().rstrip("}") for line in _lines(path)]
+    assert texts[0] == texts[1] == stamp and len(stamp.split(".")[1]) == 6
+    assert before - 1e-6 <= float(stamp) <= after + 1e-6 <= float(texts[2]) + 1e-6
