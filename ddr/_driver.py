@@ -52,6 +52,12 @@ __all__ = ["Driver", "DatasetProgress", "RunOptions", "pickle_job"]
 # submits again: the workers run dry, and the partials pile up unmerged (memory grew with the cluster).
 DRAIN_MAX = 256
 
+# Top up the manager's queue once it lacks at least workers / TOPUP_SHARE tasks (or has nothing in flight).
+# It keeps about one ready task per slot beyond the running ones (Manager.hungry), so workers never wait
+# for this; on a large cluster each Capacity then plans a batch of chunks, not one chunk per step (each
+# step handles one or two completions when the manager is mostly idle, and a top-up has a fixed cost).
+TOPUP_SHARE = 16
+
 # hot enum members as module constants: a member looked up on its enum class costs a metaclass attribute lookup
 _PROCESS, _COUNT, _ACCUMULATE = Kind.PROCESS, Kind.COUNT, Kind.ACCUMULATE
 _RUNNING, _SUCCESS = RunStatus.RUNNING, Outcome.SUCCESS
@@ -145,7 +151,9 @@ class Driver:
         now = self.clock()
         hungry = self.m.hungry() if self.machine.status is _RUNNING else 0
         if hungry > 0:
-            self._apply(self.machine.handle(Capacity(hungry, now, self.m.statistics().workers)))
+            workers = self.m.workers_connected()
+            if hungry * TOPUP_SHARE >= workers or not self._outstanding:
+                self._apply(self.machine.handle(Capacity(hungry, now, workers)))
         if self._outstanding:
             events = []
             t = self.m.wait(timeout)

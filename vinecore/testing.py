@@ -407,6 +407,7 @@ def check_hungry_and_statistics(make: MakeManager, tmp: str) -> None:
     with make(workers=2) as m:
         s = m.statistics()
         assert s.workers >= 1 and s.cores >= s.workers and s.tasks_submitted == 0
+        assert m.workers_connected() == s.workers
         appetite = m.hungry()
         assert appetite >= 2 * s.workers
         tasks = [PythonTask(_sleep, 0.2) for _ in range(appetite)]

@@ -104,3 +104,41 @@ def test_a_simulated_ddr_run_accounts_for_every_event(loss_rate):
     if loss_rate:
         assert s["losses"] > 5 and s["recomputations"] > 0, s  # lost partials were made again
         assert sum(r["chunks_done"] for r in report["datasets"].values()) == n + n // 3
+
+
+def _topped_up_run(workers: int, n: int) -> tuple[list[int], float]:
+    """A simulated run: the processing tasks of each submit_many, and the run's virtual seconds."""
+    from vinecore import Manager
+
+    batches = []
+    submit_many = Manager.submit_many
+
+    def counting(self, tasks):
+        tasks = list(tasks)
+        batches.append(sum(t.category == "processing" for t in tasks))
+        return submit_many(self, tasks)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Manager, "submit_many", counting)
+        engine = SimEngine(workers, durations=Durations.constant(1.0), seed=5, manager_time=False)
+        run = ddr.DynamicDataReduction({"a": {"n": n}}, _chunk, preprocess=_items, reducer=_merge, engine=engine)
+        assert run.compute() == {"a": {"sum": n * (n - 1) // 2, "chunks": n}}
+    assert sum(batches) == n
+    return [b for b in batches if b], engine.stats()["virtual_seconds"]
+
+
+def test_a_large_cluster_is_topped_up_in_batches_and_kept_as_busy(monkeypatch):
+    """ddr plans chunks for a large cluster in batches (once the queue lacks workers / TOPUP_SHARE
+    tasks), not one per completion, and the run takes no longer than topping up at every step."""
+    import ddr._driver
+
+    n, workers = 4000, 320
+    batches, took = _topped_up_run(workers, n)
+    floor = workers // ddr._driver.TOPUP_SHARE
+    # after the first (which fills the cluster), every top-up but the last (the planner's remainder)
+    # plans at least workers / TOPUP_SHARE chunks
+    assert len(batches) > 3 and min(batches[1:-1]) >= floor, sorted(batches)[:5]
+    monkeypatch.setattr(ddr._driver, "TOPUP_SHARE", 10**9)  # top up whenever anything is missing
+    every_step, took_every_step = _topped_up_run(workers, n)
+    assert min(every_step[1:-1]) < floor  # (the comparison means something: then batches are smaller)
+    assert took <= took_every_step * 1.01, (took, took_every_step)
