@@ -1,7 +1,8 @@
 """The manager at cluster scale: ddr on a simulated cluster of 1,000 and 10,000 workers.
 
     python tests/benchmarks/bench_sim_cluster.py [--workers 1000 10000] [--chunks 200000]
-        [--chunk-seconds 2] [--loss-rate 0] [--profile] [--input tests/benchmarks/data/sim_dimuon.json]
+        [--chunk-seconds 2] [--loss-rate 0] [--repeat 3] [--profile]
+        [--input tests/benchmarks/data/sim_dimuon.json]
 
 Each configuration runs in a fresh Python process: the real ddr driver
 (``ddr.DynamicDataReduction`` with a cheap processor that sums item numbers,
@@ -16,9 +17,10 @@ second of manager CPU (target >= 5,000), the workers one manager can feed at
 this chunk duration (that rate x chunk seconds), utilization of the simulated
 workers and dispatch latency (virtual time, the manager's CPU included), and
 the manager's resident memory sampled every tenth of the chunks (it should not
-grow with the chunks done). ``--profile`` adds the manager side's top
-functions by cumulative share of its CPU (cProfile on a clock that stops
-inside engine calls).
+grow with the chunks done). Each size runs ``--repeat`` times, the sizes in
+turn; ``summary`` gives each size's median and range. ``--profile`` adds the
+manager side's top functions by cumulative share of its CPU (cProfile on a
+clock that stops inside engine calls).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import os
 import pathlib
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -142,6 +145,22 @@ def profile(args, workers: int, top: int = 25) -> dict:
             "top_self": sorted(rows, key=lambda r: -r["self_share"])[:top]}
 
 
+def _summary(runs: list[dict], sizes: list[int]) -> list[dict]:
+    """Per size: the median and range over the repeated runs."""
+    out = []
+    for n in sizes:
+        mine = [r for r in runs if r["workers"] == n]
+        rates = sorted(r["chunk_completions_per_manager_cpu_second"] for r in mine)
+        per_chunk = sorted(r["manager_cpu_per_chunk_us"] for r in mine)
+        out.append({"workers": n, "runs": len(mine),
+                    "chunk_completions_per_manager_cpu_second": {"median": round(statistics.median(rates), 1),
+                                                                 "min": rates[0], "max": rates[-1]},
+                    "manager_cpu_per_chunk_us_median": round(statistics.median(per_chunk), 1),
+                    "utilization_median": round(statistics.median(r["utilization"] for r in mine), 4),
+                    "max_rss_mb": max(r["max_rss_mb"] for r in mine)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, nargs="+", default=[1000, 10000])
@@ -149,6 +168,8 @@ def main() -> None:
     ap.add_argument("--chunk-seconds", type=float, default=2.0)
     ap.add_argument("--loss-rate", type=float, default=0.0, help="simulated worker losses per virtual second")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each size (CPU time on a shared machine varies "
+                    "by a fifth from run to run: the summary gives the median and the range)")
     ap.add_argument("--input", default=str(DEFAULT_INPUT))
     ap.add_argument("--profile", action="store_true", help="also profile the largest configuration")
     ap.add_argument("--profile-chunks", type=int, default=60_000)
@@ -167,11 +188,13 @@ def main() -> None:
               "--seed", str(args.seed), "--input", args.input]
     load0 = [round(x, 2) for x in os.getloadavg()]
     runs = []
-    for n in args.workers:  # a fresh process each: clean resident memory
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--chunks", str(args.chunks), *common],
-                             check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    results = {"input": os.path.relpath(args.input, ROOT), "load_average_before": load0, "runs": runs,
+    for _ in range(args.repeat):  # the sizes alternate, so a slow spell of the machine hits each alike
+        for n in args.workers:  # a fresh process each: clean resident memory
+            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--chunks", str(args.chunks), *common],
+                                 check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+    results = {"input": os.path.relpath(args.input, ROOT), "load_average_before": load0,
+               "summary": _summary(runs, args.workers), "runs": runs,
                "target": {"chunk_completions_per_manager_cpu_second": ">= 5000"}}
     if args.profile:
         out = subprocess.run([sys.executable, __file__, "--profile-one", str(max(args.workers)),
