@@ -234,3 +234,81 @@ def test_a_forked_process_names_its_temps_apart_from_its_parent():
     prefix = mine.rsplit("-", 1)[0]
     assert ours_next.startswith(prefix + "-") and ours_next != mine
     assert theirs.startswith("temp-") and not theirs.startswith(prefix + "-"), (mine, theirs)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_manager_started_with_stdin_and_stdout_closed_keeps_its_channels_apart(tmp_path, method):
+    """With descriptors 0 and 1 closed, a new socket would take them: a worker would inherit a control
+    channel as its standard output, and what a library writes there (C code writes to descriptor 1, not
+    to sys.stdout) would garble it; the zygote could not reopen its stdio. Sockets go above 2, and the
+    zygote puts /dev/null on the closed descriptors."""
+    result = tmp_path / "result.txt"
+    script = textwrap.dedent(f'''
+        import os, signal
+        os.close(0)
+        os.close(1)
+        import vinecore
+
+        def chatty(i):
+            for _ in range(50):
+                try:
+                    os.write(1, b"what a C library prints\\n")
+                except OSError:  # descriptor 1 closed, as in the manager (spawned workers)
+                    pass
+            return i * i, os.getpid(), os.getppid()
+
+        with vinecore.Manager(engine="local", workers=2, run_dir={str(tmp_path / "run")!r},
+                              start_method={method!r}) as m:
+            def run(n):
+                for i in range(n):
+                    t = vinecore.PythonTask(chatty, i)
+                    t.set_retries(2)  # an attempt sent to the killed worker before its death is seen
+                    m.submit(t)
+                return [m.wait(60) for _ in range(n)]
+            done = run(6)
+            os.kill(min(m.engine.worker_pids().values()), signal.SIGKILL)  # replaced by the zygote (forking)
+            done += run(6)
+            zygote = m.engine.zygote
+            lines = [f"{{t.result}} {{t.output[0]}} {{t.output[2]}} {{t.output[1]}}" if t is not None and t.successful
+                     else f"failed {{t and t.result}} {{t and t.output}}" for t in done]
+            lines.append(f"zygote {{zygote.pid if zygote else None}} {{zygote.alive if zygote else None}}")
+            lines.append("workers " + " ".join(map(str, sorted(m.engine.worker_pids().values()))))
+        with open({str(result)!r}, "w") as f:
+            f.write("\\n".join(lines))
+    ''')
+    _run_script(script)
+    lines = result.read_text().splitlines()
+    *tasks, zygote, workers = lines
+    assert all(line.startswith("success") for line in tasks), [x for x in lines if not x.startswith("success")]
+    assert sorted(int(line.split()[1]) for line in tasks) == sorted(2 * [0, 1, 4, 9, 16, 25]), lines
+    assert len(workers.split()[1:]) == 2, lines  # the killed worker was replaced, nothing else
+    if method == "fork":  # every worker, the replacement included, was forked by the live zygote
+        _, pid, alive = zygote.split()
+        assert alive == "True" and {line.split()[2] for line in tasks} == {pid}, lines
+
+
+def test_engine_sockets_stay_off_the_standard_descriptors(tmp_path):
+    """vinecore.engines._fds.socketpair: where socket.socketpair would take descriptors 0 and 1 (closed),
+    its ends sit above 2, still not inheritable, and still connected."""
+    result = tmp_path / "fds.txt"
+    script = textwrap.dedent(f'''
+        import os, socket
+        os.close(0)
+        os.close(1)
+        from vinecore.engines._fds import socketpair
+
+        plain = socket.socketpair()
+        low = sorted(s.fileno() for s in plain)
+        for s in plain:
+            s.close()
+        a, b = socketpair()
+        a.sendall(b"ping")
+        got = b.recv(4)
+        with open({str(result)!r}, "w") as f:
+            f.write(f"{{low}} {{a.fileno()}} {{b.fileno()}} {{a.get_inheritable()}} {{b.get_inheritable()}} {{got!r}}")
+    ''')
+    _run_script(script)
+    low, fds = result.read_text().split("] ")
+    assert low == "[0, 1"  # the test means something: a plain pair lands on the closed descriptors
+    a, b, inherit_a, inherit_b, got = fds.split()
+    assert int(a) > 2 and int(b) > 2 and inherit_a == inherit_b == "False" and got == "b'ping'"

@@ -44,6 +44,7 @@ from .. import _serialize
 from .._events import Result
 from .._runtime import Outcome
 from ._dask_library import frame, read_frame_async
+from ._fds import socketpair
 from .local import _describe_exit, _rss_kb
 
 __all__ = ["Agent", "AGENTS", "wrap", "call"]
@@ -288,7 +289,7 @@ class Agent:
 
     # ----------------------------------------------------------- processes
     def _spawn(self, proc: _Proc) -> None:
-        parent, child = socket.socketpair()
+        parent, child = socketpair()
         try:
             proc.popen = subprocess.Popen(
                 [sys.executable, "-m", "vinecore.engines._dask_library", str(child.fileno()), proc.wid,

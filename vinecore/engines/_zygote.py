@@ -56,6 +56,8 @@ import sys
 import threading
 import time
 
+from ._fds import socketpair
+
 __all__ = ["ForkFailed", "ForkedProcess", "Zygote", "ZygoteGone", "can_fork"]
 
 _MSG_MAX = 1 << 16
@@ -78,7 +80,7 @@ class Zygote:
     """The manager's side: fork the zygote now, then ask it for workers."""
 
     def __init__(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # one message per datagram
+        ours, theirs = socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # one message per datagram
         for stream in (sys.stdout, sys.stderr):  # what is buffered is written once, not by every copy
             try:
                 stream.flush()
@@ -270,9 +272,12 @@ def _reap(sock: socket.socket, children: set[int]) -> None:  # pragma: no cover 
 
 def _let_go(keep: int) -> None:  # pragma: no cover - runs in the zygote
     """Drop what belongs to the manager: its descriptors, stdio objects and signal handlers."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    _on_devnull(0, os.O_RDONLY)
+    for fd in (1, 2):  # closed in the manager (a daemon, `>&-`): /dev/null, so the stdio objects can open
+        try:
+            os.fstat(fd)
+        except OSError:
+            _on_devnull(fd, os.O_WRONLY)
     os.closerange(3, keep)
     os.closerange(keep + 1, _max_fd())
     sys.stdin = open(0, closefd=False)
@@ -291,6 +296,13 @@ def _let_go(keep: int) -> None:  # pragma: no cover - runs in the zygote
         if callable(handler) and handler is not signal.default_int_handler:
             signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _on_devnull(fd: int, flags: int) -> None:  # pragma: no cover - runs in the zygote
+    null = os.open(os.devnull, flags)  # the lowest free descriptor: ``fd`` itself if that is closed
+    if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
 
 
 def _max_fd() -> int:

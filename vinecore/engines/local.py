@@ -33,7 +33,6 @@ import os
 import pickle
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait as wait_connections
 
+from ._fds import socketpair
 from ._zygote import ForkedProcess, Zygote, ZygoteGone, can_fork
 from .._events import Event, Result, TaskFinished, WorkerJoined, WorkerRemoved
 from .._runtime import DirStore, Outcome, TaskSpec
@@ -110,7 +110,7 @@ class LocalEngine:
     def _spawn(self) -> WorkerJoined:
         wid = f"{self.prefix}{self._count}"
         self._count += 1
-        parent, child = socket.socketpair()
+        parent, child = socketpair()
         try:
             popen = self._forked(child.fileno(), wid) or subprocess.Popen(
                 [sys.executable, "-m", "vinecore.engines._local_worker", str(child.fileno()), wid, self.store.root],
