@@ -21,8 +21,10 @@ Policy (why it is safe enough, and when it is not used):
   ``spawn`` never does it.
 * The zygote lets go of what belongs to the manager: standard input is
   /dev/null, standard output and error are new file objects on the same
-  descriptors (the old ones' locks may be held), every other inherited
-  descriptor is closed, signal handlers are reset to Python's defaults, and
+  descriptors (the old ones' locks may be held; /dev/null where the manager
+  had them closed; engine sockets never sit on 0-2, see ``_fds``), every
+  other inherited descriptor is closed, signal handlers are reset to
+  Python's defaults, and
   everything alive is frozen (``gc.freeze``) so that no inherited object is
   ever finalised in the copy. The zygote and its workers end with
   ``os._exit``: the manager's ``atexit`` functions and finalisers (temporary
