@@ -9,8 +9,9 @@ Synthetic NanoAOD from ``datasets/generate.py`` (generated once into ``--data-di
 Contenders, all on the same files and the same number of worker processes:
 
 * ``ddr``: ``CoffeaDynamicDataReduction`` with the local engine (adaptive chunks), timed from
-  ``compute()``, which starts the worker processes (each imports numpy, awkward, uproot and coffea:
-  about 0.5 s before the first chunk);
+  ``compute()``, which starts the worker processes (forked from the manager's process, so with numpy,
+  awkward, uproot and coffea already imported; started afresh, ~0.5 s of imports each, where ddr does
+  not fork, e.g. in Jupyter: see docs/design.md "Worker start");
 * ``ddr_warm``: the same on a manager whose workers are already running (a re-run in a session),
   comparable with the floor's process pool, which forks from a parent that has imported everything;
 * ``futures``: coffea ``processor.Runner`` with ``FuturesExecutor(workers=N)`` (its default chunk size);
@@ -23,7 +24,8 @@ Contenders, all on the same files and the same number of worker processes:
 
 Each contender runs ``--repeats`` times (default 3); the median is reported with every sample. The mass
 histograms of all contenders are compared; the run fails loudly if they differ.
-Prints JSON (see ``_common.emit``).
+Prints JSON (see ``_common.emit``); ``data`` says when the files were generated and their total size, so
+runs on different files (a changed generator) are told apart.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import datetime
 import importlib.util
 import json
 import os
@@ -66,6 +69,14 @@ def make_data(data_dir: pathlib.Path, width: str, files: int, events_per_file: i
     t0 = time.perf_counter()
     path = _generator().generate(out, files=files, events_per_file=events_per_file, jobs=2, **pad)
     return pathlib.Path(path), time.perf_counter() - t0
+
+
+def _identity(fileset: pathlib.Path) -> dict:
+    """When the files were generated and their total size: two runs on different files (the generator
+    changed, other compression) are told apart without hashing gigabytes."""
+    paths = [pathlib.Path(p) for p, _ in _files(fileset)]
+    made = datetime.datetime.fromtimestamp(fileset.stat().st_mtime, datetime.timezone.utc)
+    return {"generated_at": made.isoformat(timespec="seconds"), "bytes": sum(p.stat().st_size for p in paths)}
 
 
 def _files(fileset: pathlib.Path) -> list[tuple[str, str]]:
@@ -234,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     first = _files(fileset)[0]
     results: dict = {"width": args.width, "branches": _branch_count(*first), "events": events,
                      "files": args.files, "workers": args.workers, "generated_seconds": round(gen_seconds, 1),
-                     "contenders": {}}
+                     "data": _identity(fileset), "contenders": {}}
     masses = {}
     _DATA_DIR[:] = [pathlib.Path(args.data_dir)]
     for name in args.contenders.split(","):
