@@ -383,7 +383,7 @@ class Manager:
 
     def workers_connected(self) -> int:
         """How many workers are connected now (``statistics().workers``, without building a snapshot)."""
-        return self._scheduler.worker_count()
+        return len(self._scheduler.workers)
 
     def cancel_by_task_id(self, task_id: int) -> bool:
         """Cancel a task; it comes back from wait() with result "cancelled". False if unknown or done."""

@@ -193,9 +193,6 @@ class Scheduler:
             slots=self._slots,
         )
 
-    def worker_count(self) -> int:
-        return len(self.workers)
-
     def in_flight(self) -> int:
         """Tasks submitted and not done (waiting, ready or running)."""
         n = self._n

@@ -8,7 +8,6 @@ engine start workers afresh. The conformance suite runs on both start methods
 """
 
 import os
-import select
 import signal
 import subprocess
 import sys
