@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ._api import DynamicDataReduction
 from ._driver import DatasetProgress, Driver
-from ._gcpolicy import fewer_full_collections
+from ._gcpolicy import fewer_collections
 from ._reduction import RunStatus
 from ._report import build_report
 from .exceptions import DDRError
@@ -244,7 +244,7 @@ class RunHandle:
         try:
             m, own = ddr._open_manager(self._zygote)
             run = self._driver = ddr._start(m)
-            with fewer_full_collections():  # thousands of tasks in flight: see ddr._gcpolicy
+            with fewer_collections():  # thousands of tasks in flight: see ddr._gcpolicy
                 self._loop(run)
         except BaseException as exc:  # noqa: BLE001 - handed to result()
             self._error = exc
