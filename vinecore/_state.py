@@ -24,7 +24,8 @@ Selection
 Packing
     A worker offers ``cores`` and ``slots``. A task without ``cores`` takes the
     whole worker (TaskVine's rule). A task that fits no worker *right now*
-    stays READY until one frees up.
+    stays READY, in its place, until one frees up; a worker looks past at most
+    ``_SCAN_LIMIT`` such tasks (in priority order) for one it can run.
 Unsatisfiable tasks
     A task that no present worker could ever fit, even idle (more cores or
     memory than the largest worker has), completes at once as
@@ -165,10 +166,14 @@ class Scheduler:
         # OrderedDict finds its first key at once; a dict scans past every key deleted since it last
         # resized (thousands with 10,000 workers: microseconds per dispatch)
         self._free: OrderedDict[str, None] = OrderedDict()
-        self._heap: list[tuple[float, int, int, int]] = []  # (-priority, seq, token, id)
+        # ready tasks: one FIFO queue of (token, id) per priority, and a heap of those priorities (negated).
+        # Within a priority, submission order is dispatch order, so a deque keeps it; a run has few
+        # priorities (ddr: three per dataset), so taking a task costs a popleft, not a heap operation
+        # comparing tuples (measured: 0.2 against 1 us per task at 1,000 ready tasks)
+        self._levels: list[float] = []  # -priority of every queue in _queues (stale ones included)
+        self._queues: dict[float, deque[tuple[int, int]]] = {}  # -priority -> (token, id), oldest first
         self._by_key: dict[str, deque[tuple[int, int]]] = {}  # locality -> (id, token)
         self._node_recent: dict[str, OrderedDict[str, None]] = {}  # node -> keys its workers served
-        self._seq = 0
         self._producer: dict[str, int] = {}  # cache name -> producing task
         self._available: set[str] = set()
         self._failed_files: dict[str, str] = {}  # cache name -> why it will never exist
@@ -377,8 +382,12 @@ class Scheduler:
             t.state = _READY
             self._n[_READY] += 1
         t.token += 1
-        self._seq += 1
-        heapq.heappush(self._heap, (-t.priority, self._seq, t.token, t.id))
+        negp = -t.priority
+        q = self._queues.get(negp)
+        if q is None:
+            q = self._queues[negp] = deque()
+            heapq.heappush(self._levels, negp)
+        q.append((t.token, t.id))
         if t.locality is not None:
             self._by_key.setdefault(t.locality, deque()).append((t.id, t.token))
             if t.locality in self._last_worker:
@@ -417,11 +426,17 @@ class Scheduler:
         return t is not None and t.state is _READY and t.token == token
 
     def _top(self):
-        while self._heap:
-            negp, _seq, token, tid = self._heap[0]
-            if self._valid(tid, token):
-                return self.tasks[tid]
-            heapq.heappop(self._heap)
+        """The ready task to run next (highest priority, oldest), dropping stale entries on the way."""
+        levels, queues, tasks = self._levels, self._queues, self.tasks
+        while levels:
+            q = queues[levels[0]]
+            while q:
+                token, tid = q[0]
+                t = tasks.get(tid)
+                if t is not None and t.state is _READY and t.token == token:
+                    return t
+                q.popleft()
+            del queues[heapq.heappop(levels)]
         return None
 
     def _pick(self, w: _Worker) -> _Task | None:
@@ -442,21 +457,34 @@ class Scheduler:
                             return cand
                     elif dq is not None:
                         del self._by_key[key]
-        skipped = []
-        found = None
-        heap, tasks = self._heap, self.tasks
-        while heap and len(skipped) < _SCAN_LIMIT:
-            entry = heapq.heappop(heap)
-            t = tasks.get(entry[3])
-            if t is None or t.state is not _READY or t.token != entry[2]:  # stale (see _valid)
-                continue
-            if w.fits(t):
-                found = t
-                break
-            skipped.append(entry)
-        for entry in skipped:
-            heapq.heappush(heap, entry)
-        return found
+        if self._top() is None:  # also: the first queue now starts with a valid entry
+            return None
+        levels, queues, tasks = self._levels, self._queues, self.tasks
+        q = queues[levels[0]]
+        t = tasks[q[0][1]]
+        if w.fits(t):  # the common case: the next task fits
+            q.popleft()
+            return t
+        # look further, in priority order, at up to _SCAN_LIMIT tasks that do not fit (put back in place)
+        skipped = 0
+        for negp in ([levels[0]] + sorted(levels[1:]) if len(levels) > 1 else levels):
+            q = queues[negp]
+            passed: list[tuple[int, int]] = []
+            found = None
+            while q and skipped < _SCAN_LIMIT:
+                entry = q.popleft()
+                t = tasks.get(entry[1])
+                if t is None or t.state is not _READY or t.token != entry[0]:  # stale (see _valid)
+                    continue
+                if w.fits(t):
+                    found = t
+                    break
+                passed.append(entry)
+                skipped += 1
+            q.extendleft(reversed(passed))
+            if found is not None or skipped >= _SCAN_LIMIT:
+                return found
+        return None
 
     def _schedule(self, out: list[Action]) -> None:
         if self._affine:

@@ -83,7 +83,10 @@ class Task:
         self.retries = int(retries)
 
     def set_priority(self, priority: float) -> None:
-        self.priority = float(priority)
+        p = float(priority)
+        if p != p:
+            raise ValueError(f"set_priority({priority!r}): a priority must be a number, not NaN; higher runs first")
+        self.priority = p
 
     def set_category(self, category: str) -> None:
         self.category = str(category)

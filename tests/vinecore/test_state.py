@@ -41,6 +41,31 @@ def test_fifo_within_priority_and_priority_first():
     assert order == [2, 4, 1, 3]
 
 
+def test_a_worker_passes_over_tasks_it_cannot_fit_and_they_keep_their_place():
+    """Across priorities: the small worker takes lower-priority tasks it fits; the ones passed over
+    stay first in line, in submission order, for the worker that frees up."""
+    s = Scheduler()
+    s.handle(WorkerJoined("big", cores=1, memory=2000, slots=1))
+    assert dispatches(s.handle(TaskSubmitted(0, priority=9, cores=1, memory=2000))) == [(0, "big")]
+    s.handle(TaskSubmitted(1, priority=5, cores=1, memory=2000), TaskSubmitted(2, priority=5, cores=1, memory=2000),
+             TaskSubmitted(3, priority=1, cores=1, memory=100), TaskSubmitted(4, priority=1, cores=1, memory=100),
+             TaskSubmitted(5, priority=0, cores=1, memory=2000))
+    assert dispatches(s.handle(WorkerJoined("small", cores=2, memory=1000, slots=2))) == [(3, "small"),
+                                                                                        (4, "small")]
+    order = []
+    for done in (0, 1, 2):
+        order += [tid for tid, w in dispatches(s.handle(finished(done, "big"))) if w == "big"]
+    assert order == [1, 2, 5]
+
+
+def test_many_priorities_each_in_submission_order():
+    s = Scheduler()
+    ids = list(range(1, 61))
+    s.handle(*(TaskSubmitted(i, priority=i % 7, cores=1) for i in ids))
+    order = [tid for tid, _ in dispatches(s.handle(WorkerJoined("w", cores=len(ids), slots=len(ids))))]
+    assert order == sorted(ids, key=lambda i: (-(i % 7), i))
+
+
 def test_task_waits_for_temp_even_before_its_producer_is_known():
     s = Scheduler()
     s.handle(WorkerJoined("w", slots=2, cores=2))

@@ -36,3 +36,11 @@ def test_a_task_that_cannot_be_submitted_leaves_those_before_it_submitted(tmp_pa
         assert good.id is not None and bad.id is None and after.id is None
         t = m.wait(5)
         assert t is good and t.output == 2 and m.empty()
+
+
+def test_a_nan_priority_is_refused_with_the_value_named():
+    t = vinecore.PythonTask(_double, 1)
+    with pytest.raises(ValueError, match=r"set_priority\(nan\).*not NaN"):
+        t.set_priority(float("nan"))
+    t.set_priority("2.5")
+    assert t.priority == 2.5
