@@ -53,25 +53,22 @@ class TransactionLog:
     @staticmethod
     def stamp() -> str:
         """Now, as a transition line's time: ``"%.6f" % time.time()``, from integer microseconds."""
-        sec, us = divmod(time_ns() // 1000, 1_000_000)
-        return "%d.%06d" % (sec, us)
+        us = "%d" % (time_ns() // 1000)  # seconds since 1970 have ten digits: no padding needed
+        return f"{us[:-6]}.{us[-6:]}"
 
     def result(self, task: int, category: str | None, worker: str | None, detail: str | None, attempts: int,
-               cores: Any, memory: Any, time_max: Any, measured: tuple[Any, Any, Any, Any] | None) -> None:
+               cores: Any, memory: Any, time_max: Any, measured: tuple[Any, Any, Any, Any] | None,
+               stamp: str | None = None) -> None:
         """A task's result line, as ``write(task=..., state="result", ...)`` would write it, without the
-        generic JSON encoder. ``measured``: (wall_time, memory, peak_rss, cpu_time), already rounded."""
+        generic JSON encoder. ``measured``: (wall_time, memory, peak_rss, cpu_time), written rounded to
+        6, 3, 3 and 6 decimals. ``stamp``: the time as :meth:`stamp` wrote it (now if None)."""
         if self._f is None:
             return
         if measured is None:
             m = "null"
         else:
             a, b, c, d = measured
-            total = a + b + c + d if type(a) is type(b) is type(c) is type(d) is float else None
-            if total is not None and total - total == 0.0:  # all finite floats: repr is what json writes
-                m = _MEASURED % measured
-            else:
-                m = (f'{{"wall_time": {_num(a)}, "memory": {_num(b)}, '
-                     f'"peak_rss": {_num(c)}, "cpu_time": {_num(d)}}}')
+            m = _MEASURED % (_decimals(a, 6), _decimals(b, 3), _decimals(c, 3), _decimals(d, 6))
         key = (cores, memory, time_max, type(cores), type(memory), type(time_max))  # 1 == 1.0, but not as text
         alloc = _ALLOCATED.get(key)
         if alloc is None:
@@ -79,10 +76,11 @@ class TransactionLog:
             if len(_ALLOCATED) < 256:
                 _ALLOCATED[key] = alloc
         q = _QUOTED.get
+        now = (stamp or self.stamp()).rstrip("0")  # as repr(round(time.time(), 6)): trailing zeros dropped
         self._f.write(_RESULT % (repr(task) if type(task) is int else _num(task), q(category) or _str(category),
                                  q(worker) or _str(worker), q(detail) or _str(detail),
                                  repr(attempts) if type(attempts) is int else _num(attempts), alloc, m,
-                                 _rounded_now()))
+                                 now + "0" if now[-1] == "." else now))
 
     def flush(self) -> None:
         if self._f is not None:
@@ -108,16 +106,23 @@ _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 _TRANSITION = '{"task": %d, "category": %s, "state": "%s", "worker": %s, "detail": %s, "time": %s}\n'
 _RESULT = ('{"task": %s, "category": %s, "state": "result", "worker": %s, "detail": %s, "attempts": %s, '
            '"allocated": %s, "measured": %s, "time": %s}\n')
-_MEASURED = '{"wall_time": %r, "memory": %r, "peak_rss": %r, "cpu_time": %r}'
+_MEASURED = '{"wall_time": %s, "memory": %s, "peak_rss": %s, "cpu_time": %s}'
+_FIXED = {3: "%.3f", 6: "%.6f"}
 _ALLOCATED: dict[tuple, str] = {}  # (cores, memory, time_max and their types) -> JSON text: a run has few
 _QUOTED: dict[str | None, str] = {None: "null"}  # str -> its JSON text: categories, details, worker names repeat
 _QUOTED_MAX = 16384  # bounded: the log's memory does not grow with the tasks run
 
 
-def _rounded_now() -> str:
-    """Now, as ``repr(round(time.time(), 6))`` writes it: up to six decimals, trailing zeros dropped."""
-    sec, us = divmod(time_ns() // 1000, 1_000_000)
-    return "%d.%s" % (sec, ("%06d" % us).rstrip("0") or "0")
+def _decimals(x: Any, places: int) -> str:
+    """``json.dumps(round(x, places))`` (places 3 or 6). For a float below 1e9 in size (and, at 6
+    places, 0 or at least 1e-4 in size) that is ``"%.<places>f"`` without its trailing zeros: both
+    round the exact binary value to the same decimal, doubles that size are closer together than
+    1e-6 so no shorter decimal reads back as the same one, and repr writes no exponent there. The
+    fixed-point formatting costs half of round() followed by repr."""
+    if type(x) is float and -1e9 < x < 1e9 and (places == 3 or x == 0.0 or x >= 1e-4 or x <= -1e-4):
+        text = (_FIXED[places] % x).rstrip("0")
+        return text + "0" if text[-1] == "." else text
+    return _num(round(x, places))
 
 
 def _str(value: str | None) -> str:

@@ -418,11 +418,13 @@ class Manager:
                 log.transition(a.task_id, t.category if t else None, _STATE_NAMES[a.new], a.worker_id, a.detail,
                                stamp)
                 continue
+            if kind is Complete:  # right after its task's "done" transition: the result line shares its time
+                self._complete(a, stamp)
+                stamp = None
+                continue
             stamp = None
             if kind is Dispatch:
                 self._engine.execute(a.worker_id, self._spec_of(a))
-            elif kind is Complete:
-                self._complete(a)
             elif kind is Kill:
                 self._engine.kill(a.task_id, a.worker_id)
 
@@ -433,7 +435,7 @@ class Manager:
         return TaskSpec(a.task_id, a.attempt, payload, library, function, inputs, outputs, output_temp, arg_temps,
                         a.cores, memory, time_max, category)
 
-    def _complete(self, a: Complete) -> None:
+    def _complete(self, a: Complete, stamp: str | None = None) -> None:
         task = self._tasks.pop(a.task_id)
         self._specs.pop(a.task_id, None)
         task.result = _RESULT_NAMES[a.result]
@@ -459,8 +461,7 @@ class Manager:
             task.output = _failure(a.result, a.reason or a.result.value)
         m = task.resources_measured
         self._log.result(task.id, task.category, task.worker, task.result, task.attempts, task.cores, task.memory,
-                         task.time_max, None if m is None else (round(m.wall_time, 6), round(m.memory, 3),
-                                                                round(m.peak_rss, 3), round(m.cpu_time, 6)))
+                         task.time_max, None if m is None else (m.wall_time, m.memory, m.peak_rss, m.cpu_time), stamp)
         self._done.append(task)
 
 
