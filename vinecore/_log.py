@@ -119,9 +119,12 @@ def _decimals(x: Any, places: int) -> str:
     round the exact binary value to the same decimal, doubles that size are closer together than
     1e-6 so no shorter decimal reads back as the same one, and repr writes no exponent there. The
     fixed-point formatting costs half of round() followed by repr."""
-    if type(x) is float and -1e9 < x < 1e9 and (places == 3 or x == 0.0 or x >= 1e-4 or x <= -1e-4):
-        text = (_FIXED[places] % x).rstrip("0")
-        return text + "0" if text[-1] == "." else text
+    if type(x) is float:
+        if x == 0.0:
+            return repr(x)  # 0.0 or -0.0
+        if 1e-4 <= x < 1e9 or -1e9 < x <= -1e-4 or (places == 3 and -1e9 < x < 1e9):
+            text = (_FIXED[places] % x).rstrip("0")
+            return text + "0" if text[-1] == "." else text
     return _num(round(x, places))
 
 
