@@ -11,8 +11,12 @@ considered) by ``FULL_COLLECTION_FACTOR``. Nothing else changes: every
 generation is still collected, only rarer, and CPython still holds full
 collections back until the long-lived objects have grown by a quarter.
 Reference counting frees everything that is not in a cycle at once, as
-before; garbage cycles wait longer, bounded by the raised young threshold
-(tens of thousands of objects, a few MB at most).
+before; garbage cycles wait longer: until some 21,000 net new container
+objects (CPython's default 700 times 30) instead of 700. Whatever such a cycle
+holds waits with it, so a reducer whose results form reference cycles, merged
+many times on the manager, keeps more memory between collections (the
+manager's own path makes no cycles, see below); ``gc.collect()`` in the
+reducer, or ``gc.set_threshold`` during the run (kept, see the end), undo it.
 
 Why: a manager keeps two tasks per worker slot in flight, and each is a few
 long-lived objects (the task, its temp, the reduction's job, the scheduler's
