@@ -467,7 +467,7 @@ class Scheduler:
             return t
         # look further, in priority order, at up to _SCAN_LIMIT tasks that do not fit (put back in place)
         skipped = 0
-        for negp in ([levels[0]] + sorted(levels[1:]) if len(levels) > 1 else levels):
+        for negp in sorted(levels):  # the heap's order is not sorted order beyond its first entry
             q = queues[negp]
             passed: list[tuple[int, int]] = []
             found = None
