@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: comparing results bin for bin, generating synthetic NanoAOD."""
+"""Helpers shared by the tests: comparing results bin for bin, generating synthetic NanoAOD, a dimuon
+analysis whose late chunks wait for the test."""
 
 import importlib.util
 import sys
@@ -6,7 +7,7 @@ import time
 
 import hist
 
-from tests.conftest import DATASETS
+from tests.conftest import ANALYSES, DATASETS
 
 
 def assert_same(a, b, where="output"):
@@ -44,3 +45,30 @@ def generator():
 def generate(out, **kw):
     """``datasets/generate.py``'s ``generate(out, **kw)``: a synthetic NanoAOD fileset; returns its path."""
     return generator().generate(out, **kw)
+
+
+_GATED = '''
+
+import os as _os
+import time as _time
+
+
+class GatedDimuon(DimuonProcessor):
+    """Chunks starting at entry {first_gated:_} or later of a file wait until the file named by $DDR_TEST_GATE
+    exists (for at most ten minutes, so that a test that forgets the gate fails instead of hanging)."""
+
+    def process(self, events):
+        if events.metadata["entrystart"] >= {first_gated}:
+            deadline = _time.monotonic() + 600
+            while not _os.path.exists(_os.environ["DDR_TEST_GATE"]) and _time.monotonic() < deadline:
+                _time.sleep(0.02)
+        return super().process(events)
+'''
+
+
+def gated_dimuon(path, first_gated):
+    """Write ``analyses/dimuon.py`` plus ``GatedDimuon`` to ``path``: run it with ``--processor GatedDimuon``
+    and ``DDR_TEST_GATE`` in the environment. Chunks from entry ``first_gated`` on block until the gate file
+    exists, so a test decides what happens before the run can go past them (no race with the run's speed)."""
+    path.write_text((ANALYSES / "dimuon.py").read_text() + _GATED.format(first_gated=first_gated))
+    return path

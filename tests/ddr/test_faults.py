@@ -16,7 +16,7 @@ import time
 import pytest
 from coffea.util import load
 
-from tests._helpers import assert_same, generate
+from tests._helpers import assert_same, gated_dimuon, generate
 from tests.conftest import ANALYSES, DATASETS, SAMPLES
 
 pytestmark = pytest.mark.slow
@@ -202,21 +202,6 @@ def test_unpicklable_processor_fails_at_submit(tmp_path):
 
 
 # ------------------------------------------------------------------ resume
-GATED = '''
-import os as _os
-import time as _time
-
-
-class GatedDimuon(DimuonProcessor):
-    """Chunks past the first 100k entries of a file wait until the file named by $DDR_TEST_GATE exists."""
-
-    def process(self, events):
-        while events.metadata["entrystart"] >= 100_000 and not _os.path.exists(_os.environ["DDR_TEST_GATE"]):
-            _time.sleep(0.02)
-        return super().process(events)
-'''
-
-
 def _checkpointed_events(path):
     import cloudpickle
 
@@ -230,7 +215,7 @@ def _checkpointed_events(path):
 
 def test_sigkill_then_resume_gives_the_clean_output(tmp_path):
     fileset = generate(tmp_path / "data", files=2, events_per_file=200_000, chunk=100_000, seed=11)
-    analysis = _analysis(tmp_path, "gated", GATED)
+    analysis = gated_dimuon(tmp_path / "gated.py", first_gated=100_000)
     gate = tmp_path / "gate"
     env = {**os.environ, "DDR_TEST_GATE": str(gate)}
     common = [analysis, "--processor", "GatedDimuon", "--datasets", fileset, "--quiet", "--workers", "2",

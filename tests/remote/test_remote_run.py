@@ -11,7 +11,7 @@ import time
 import pytest
 from coffea.util import load
 
-from tests._helpers import assert_same, generate
+from tests._helpers import assert_same, gated_dimuon, generate
 from tests.conftest import ANALYSES, DATASETS, SAMPLES
 from tests.remote._servers import free_port, wait_for_prefetches
 from tests.remote.conftest import LFN_DIR, SAMPLE_FILES, samples_fileset
@@ -19,11 +19,13 @@ from tests.remote.conftest import LFN_DIR, SAMPLE_FILES, samples_fileset
 pytestmark = [pytest.mark.remote, pytest.mark.slow]
 
 
-def ddr_run(tmp_path, fileset, *args, name="run", env=None, timeout=280, wait=True):
-    """``ddr run analyses/dimuon.py`` with its own run, cache and output paths under ``tmp_path/name``."""
+def ddr_run(tmp_path, fileset, *args, name="run", env=None, timeout=280, wait=True,
+            analysis=ANALYSES / "dimuon.py"):
+    """``ddr run`` of ``analysis`` (the dimuon one) with its own run, cache and output paths under
+    ``tmp_path/name``."""
     d = tmp_path / name
     d.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "ddr.cli", "run", str(ANALYSES / "dimuon.py"), "--datasets", str(fileset), "--quiet",
+    cmd = [sys.executable, "-m", "ddr.cli", "run", str(analysis), "--datasets", str(fileset), "--quiet",
            "--workers", "2", "-o", str(d / "out.coffea"), "--report", str(d / "report.json"), "--run-dir",
            str(d / "rundir"), *map(str, args)]
     if "--cache-dir" not in args:
@@ -191,15 +193,32 @@ def failed(rec):
     return rec.get("category") == "processing" and rec.get("state") == "result" and rec.get("detail") == "exception"
 
 
-def test_server_restarted_mid_run_gives_the_exact_event_count(own_xrootd, generated, tmp_path):
-    fileset = url_fileset(tmp_path / "gen.json", generated, own_xrootd.url)
-    # 2,000-event chunks: the run must outlast the time it takes to see its first chunk (the transactions
-    # log is flushed about once a second while the manager is busy) and stop the server
-    proc, d = ddr_run(tmp_path, fileset, "--cache", "never", "--chunk-size", "2000", "--workers", "1",
-                      "--read-timeout", "10", wait=False)
+def run_into_an_outage(tmp_path, server, generated, *extra):
+    """Start ``ddr run`` on the generated files, served by ``server`` in 50,000-entry steps, with one worker,
+    and stop the server once a chunk is done. Chunks that start at entry 50,000 or later wait for a gate
+    that opens only after the server is down, so every run meets the outage, however fast the machine
+    (the first step of each file is free to run; the later ones read baskets it did not).
+    Returns the process, its folder and the moment the server stopped."""
+    fileset = url_fileset(tmp_path / "gen.json", generated, server.url)
+    gate = tmp_path / "gate"
+    analysis = gated_dimuon(tmp_path / "gated.py", first_gated=50_000)
+    proc, d = ddr_run(tmp_path, fileset, "--processor", "GatedDimuon", "--cache", "never", "--workers", "1",
+                      "--read-timeout", "10", *extra, wait=False, analysis=analysis,
+                      env={"DDR_TEST_GATE": str(gate)})
     try:
-        assert wait_for_transaction(d / "rundir", processed, proc), "the run ended before a chunk was done"
-        own_xrootd.stop()
+        assert wait_for_transaction(d / "rundir", processed, proc), f"the run ended: {proc.communicate()}"
+        server.stop()
+        t_stop = time.monotonic()
+        gate.touch()
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, d, t_stop
+
+
+def test_server_restarted_mid_run_gives_the_exact_event_count(own_xrootd, generated, tmp_path):
+    proc, d, _ = run_into_an_outage(tmp_path, own_xrootd, generated)
+    try:
         saw_failure = wait_for_transaction(d / "rundir", failed, proc)
         own_xrootd.restart()
         out, err = proc.communicate(timeout=280)
@@ -210,19 +229,15 @@ def test_server_restarted_mid_run_gives_the_exact_event_count(own_xrootd, genera
     assert proc.returncode == 0, err
     ds = report(d)["datasets"]["Synthetic"]
     assert ds["complete"] and ds["events_processed"] == ds["events_expected"] == 400_000
+    assert ds["chunks_failed"] == 0 and not ds["failed_chunks"]  # the failed attempts were retried
     assert load(d / "out.coffea")["Synthetic"]["cutflow"]["Synthetic/all"] == 400_000
 
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_server_gone_for_good_fails_naming_it_in_bounded_time(own_xrootd, generated, tmp_path, skip):
-    fileset = url_fileset(tmp_path / "gen.json", generated, own_xrootd.url)
     extra = ["--skip-bad-files"] if skip else []
-    proc, d = ddr_run(tmp_path, fileset, "--cache", "never", "--chunk-size", "2000", "--workers", "1",
-                      "--read-timeout", "10", *extra, wait=False)  # small chunks: see the test above
+    proc, d, t_stop = run_into_an_outage(tmp_path, own_xrootd, generated, *extra)
     try:
-        assert wait_for_transaction(d / "rundir", processed, proc), "the run ended before a chunk was done"
-        own_xrootd.stop()
-        t_stop = time.monotonic()
         out, err = proc.communicate(timeout=280)
         elapsed = time.monotonic() - t_stop
     finally:
