@@ -45,6 +45,7 @@ from .exceptions import (
     InputErrorKind,
     ProcessorError,
     ReducerError,
+    StepsKeptWarning,
     TreeNotFound,
     classify_input,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "ReducerError",
     "RemoteOptions",
     "RunHandle",
+    "StepsKeptWarning",
     "TreeNotFound",
     "accumulate_pair",
     "classify_input",

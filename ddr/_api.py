@@ -13,6 +13,7 @@ Every run goes through one path: :meth:`~DynamicDataReduction.submit` starts a
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import vinecore
@@ -24,7 +25,7 @@ from ._planner import FilesetPlanner, GenericPlanner, Planner
 from ._reducers import accumulate_pair
 from ._reduction import Notice, ReductionState
 from ._worker import Job
-from .exceptions import DDRError
+from .exceptions import DDRError, StepsKeptWarning
 
 if TYPE_CHECKING:
     from ._handle import RunHandle
@@ -230,6 +231,21 @@ class DynamicDataReduction:
         return out
 
 
+def steps_keep_their_size(datasets: Mapping[str, Dataset], chunk_size: int) -> str | None:
+    """The warning for a fixed chunk size that files with coffea ``steps`` do not follow (None if all do)."""
+    stepped = {name: sum(f.steps is not None for f in ds.files) for name, ds in datasets.items()}
+    stepped = {name: n for name, n in stepped.items() if n}
+    if not stepped:
+        return None
+    files = sum(stepped.values())
+    where = ", ".join(f"{name} ({n})" for name, n in sorted(stepped.items())[:5])
+    more = f" and {len(stepped) - 5} more datasets" if len(stepped) > 5 else ""
+    return (f"the chunk size {chunk_size} (--chunk-size, chunk_size=) does not apply to the {files} file{'s' if files > 1 else ''} whose fileset "
+            f"entry has coffea \"steps\" (datasets: {where}{more}): their steps are processed as given. To cut "
+            f"them into {chunk_size}-entry chunks, regenerate the fileset with `ddr preprocess --step-size "
+            f"{chunk_size}`, or remove \"steps\" from those entries.")
+
+
 class CoffeaDynamicDataReduction(DynamicDataReduction):
     """DynamicDataReduction over a coffea fileset with NanoEvents.
 
@@ -272,6 +288,10 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
         self.options.min_split = min_split
         self.chunk_size = chunk_size
         self.sizing = dict(initial=initial_chunk_size, target_seconds=target_seconds, max_size=max_chunk_size)
+        if chunk_size is not None:
+            note = steps_keep_their_size(self.datasets, chunk_size)
+            if note:
+                warnings.warn(note, StepsKeptWarning, stacklevel=2)
         self.schema = schema
         self.checkpoint_every = checkpoint_every
         self.resume = resume

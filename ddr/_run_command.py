@@ -32,9 +32,10 @@ import shlex
 import signal
 import sys
 import time
+import warnings
 from typing import Any
 
-from .exceptions import DDRError
+from .exceptions import DDRError, StepsKeptWarning
 
 __all__ = ["run_command"]
 
@@ -196,14 +197,21 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         _err(str(exc))
         return 2
     proc = next(iter(procs.values()))
-    job = CoffeaDynamicDataReduction(
-        datasets, proc, schema=args.schema, mode=mode, chunk_size=args.chunk_size,
-        initial_chunk_size=args.initial_chunk_size,
-        target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
-        cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
-        skip_bad_files=args.skip_bad_files, keep_going=args.keep_going, engine_options=engine_options,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, remote=remote,
-        fingerprint_extra=_analysis_digest(args.analysis, args.processor))
+    with warnings.catch_warnings(record=True) as caught:  # said once, plainly, before the run starts
+        warnings.simplefilter("always", StepsKeptWarning)
+        job = CoffeaDynamicDataReduction(
+            datasets, proc, schema=args.schema, mode=mode, chunk_size=args.chunk_size,
+            initial_chunk_size=args.initial_chunk_size,
+            target_seconds=args.target_seconds, engine=engine, workers=args.workers, run_dir=args.run_dir,
+            cores=args.cores, memory=args.memory, time_max=args.time_max, accumulation_size=args.accumulation_size,
+            skip_bad_files=args.skip_bad_files, keep_going=args.keep_going, engine_options=engine_options,
+            checkpoint_every=args.checkpoint_every, resume=args.resume, remote=remote,
+            fingerprint_extra=_analysis_digest(args.analysis, args.processor))
+    for w in caught:
+        if issubclass(w.category, StepsKeptWarning):
+            _say(f"note: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     try:
         job.run_dir = _writable_dir(job.run_dir or os.path.join(".ddr", "runs", job.fingerprint()),
                                     "the run directory")

@@ -69,6 +69,7 @@ __all__ = [
     "ChunkResourceError",
     "WorkerSetupError",
     "ReducerError",
+    "StepsKeptWarning",
     "nearest",
     "format_names",
     "InputErrorKind",
@@ -315,3 +316,8 @@ class ReducerError(DDRError):
     def __init__(self, message: str, dataset: str | None = None, remote_traceback: str = "") -> None:
         super().__init__(message if dataset is None else f"dataset {dataset!r}: {message}")
         self.dataset, self.remote_traceback = dataset, remote_traceback
+
+
+class StepsKeptWarning(UserWarning):
+    """A fixed chunk size was asked for, but some fileset entries come with coffea ``steps``: those files
+    are processed in their steps, not cut to the chunk size."""

@@ -98,6 +98,44 @@ def test_preprocessed_and_list_dialects_agree():
         np.testing.assert_array_equal(lst[ds]["mass"].values(), raw[ds]["mass"].values())
 
 
+def test_chunk_size_with_coffea_steps_keeps_the_steps_and_says_so(tmp_path):
+    """A fixed --chunk-size does not cut files whose entry has coffea steps: the run processes the steps,
+    and says so before it starts, naming the datasets and the fix; a fileset without steps gets no note."""
+    steps = {ds: len(f.steps) for ds, d in load_fileset(DATASETS / "samples_preprocessed.json").items()
+             for f in d.files}
+    for fileset, name in (("samples_preprocessed.json", "pre"), ("samples.json", "raw")):
+        rep = tmp_path / f"{name}.json"
+        cmd = [sys.executable, "-m", "ddr.cli", "run", str(ANALYSES / "dimuon.py"), "--datasets",
+               str(DATASETS / fileset), "-o", str(tmp_path / f"{name}.coffea"), "--report", str(rep),
+               "--workers", "2", "--chunk-size", "7", "--quiet", "--run-dir", str(tmp_path / name)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        datasets = json.loads(rep.read_text())["datasets"]
+        assert all(d["complete"] and d["events_processed"] == d["events_expected"] for d in datasets.values())
+        if name == "pre":
+            assert {ds: d["chunks_done"] for ds, d in datasets.items()} == steps
+            note = proc.stderr
+            assert "chunk size 7" in note and "the 4 files" in note and "EGamma2023 (1)" in note, note
+            assert "ddr preprocess --step-size 7" in note, note
+        else:
+            assert datasets["EGamma2023"]["chunks_done"] == 1000 // 7 + 1  # cut to the chunk size
+            assert "does not apply" not in proc.stderr, proc.stderr
+
+
+def test_chunk_size_with_coffea_steps_warns_in_python():
+    import warnings
+
+    import ddr
+
+    with pytest.warns(ddr.StepsKeptWarning, match="DYJetsToLL") as caught:
+        CoffeaDynamicDataReduction(DATASETS / "samples_preprocessed.json", dimuon(), chunk_size=5)
+    assert len(caught) == 1 and "--step-size 5" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ddr.StepsKeptWarning)
+        CoffeaDynamicDataReduction(DATASETS / "samples_preprocessed.json", dimuon())  # its own steps
+        CoffeaDynamicDataReduction(DATASETS / "samples.json", dimuon(), chunk_size=5)  # no steps
+
+
 class CountMuons(processor.ProcessorABC):
     def process(self, events):
         import awkward as ak
