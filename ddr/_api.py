@@ -231,8 +231,8 @@ class DynamicDataReduction:
         return out
 
 
-def steps_keep_their_size(datasets: Mapping[str, Dataset], chunk_size: int) -> str | None:
-    """The warning for a fixed chunk size that files with coffea ``steps`` do not follow (None if all do)."""
+def _steps_kept_note(datasets: Mapping[str, Dataset], chunk_size: int) -> str | None:
+    """What to tell a user whose fixed chunk size files with coffea ``steps`` do not follow (None: all do)."""
     stepped = {name: sum(f.steps is not None for f in ds.files) for name, ds in datasets.items()}
     stepped = {name: n for name, n in stepped.items() if n}
     if not stepped:
@@ -240,9 +240,9 @@ def steps_keep_their_size(datasets: Mapping[str, Dataset], chunk_size: int) -> s
     files = sum(stepped.values())
     where = ", ".join(f"{name} ({n})" for name, n in sorted(stepped.items())[:5])
     more = f" and {len(stepped) - 5} more datasets" if len(stepped) > 5 else ""
-    return (f"the chunk size {chunk_size} (--chunk-size, chunk_size=) does not apply to the {files} file{'s' if files > 1 else ''} whose fileset "
-            f"entry has coffea \"steps\" (datasets: {where}{more}): their steps are processed as given. To cut "
-            f"them into {chunk_size}-entry chunks, regenerate the fileset with `ddr preprocess --step-size "
+    return (f"the chunk size {chunk_size} does not apply to the {files} file{'s' if files > 1 else ''} whose "
+            f"fileset entry has coffea \"steps\" (datasets: {where}{more}): their steps are processed as given. "
+            f"To cut them into {chunk_size}-entry chunks, regenerate the fileset with `ddr preprocess --step-size "
             f"{chunk_size}`, or remove \"steps\" from those entries.")
 
 
@@ -252,7 +252,9 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
     ``fileset`` is a path to a fileset JSON (raw or preprocessed dialect) or the
     loaded dict. Chunks are cut lazily; entries are counted on the workers
     where the fileset lacks them; chunk sizes adapt to measured time and
-    memory unless ``chunk_size`` fixes them. With ``run_dir`` and
+    memory unless ``chunk_size`` fixes them. Files whose entry has coffea
+    ``steps`` are processed in those steps (``chunk_size`` then warns with
+    :class:`ddr.StepsKeptWarning`). With ``run_dir`` and
     ``checkpoint_every``, checkpoints are written there; ``resume=True`` starts
     from the run directory's checkpoint (or afresh, saying so, if it has none).
 
@@ -289,7 +291,7 @@ class CoffeaDynamicDataReduction(DynamicDataReduction):
         self.chunk_size = chunk_size
         self.sizing = dict(initial=initial_chunk_size, target_seconds=target_seconds, max_size=max_chunk_size)
         if chunk_size is not None:
-            note = steps_keep_their_size(self.datasets, chunk_size)
+            note = _steps_kept_note(self.datasets, chunk_size)
             if note:
                 warnings.warn(note, StepsKeptWarning, stacklevel=2)
         self.schema = schema
