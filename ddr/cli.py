@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--processor", metavar="NAME", help="which processor, when the file defines several")
     r.add_argument("--workers", type=_COUNT, metavar="N", help="worker processes (default: one per core)")
     r.add_argument("--cores", type=_COUNT, default=1, metavar="N", help="cores per chunk task (worker-local dask)")
-    r.add_argument("--chunk-size", type=_COUNT, metavar="N", help="fixed events per chunk (default: adaptive)")
+    r.add_argument("--chunk-size", type=_COUNT, metavar="N",
+                   help="fixed events per chunk (default: adaptive); files with coffea steps keep their steps")
     r.add_argument("--initial-chunk-size", type=_COUNT, default=10_000, metavar="N")
     r.add_argument("--target-seconds", type=_SECONDS, default=30.0, metavar="S", help="adaptive chunk duration target")
     r.add_argument("--schema", default="NanoAOD", help="NanoAOD, PHYSLITE or Base")
