@@ -2,6 +2,7 @@
 served stale, a killed download is never used, eviction keeps the cache under its size, one download per
 node; declared urls materialise through it; tasks report metrics back to the manager."""
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 import vinecore
@@ -222,8 +224,14 @@ def test_prefetch_after_readers_waits_for_the_run_to_end(xrootd, tmp_path):
     wait_until(lambda: cache.lookup(runs) is not None, 60, "the immediate prefetch")
     assert len(prefetchers(str(root))) == 1  # one downloader for the node, still waiting for the readers
     assert cache.lookup(waits) is None and list(root.glob("url-*/.part-*")) == []  # queued together, still waits
-    os.kill(prefetchers(str(root))[0], signal.SIGKILL)  # a downloader that dies keeps its queue on disk
-    wait_until(lambda: prefetchers(str(root)) == [], 30, "the killed downloader to go")
+    victim = prefetchers(str(root))[0]
+    os.kill(victim, signal.SIGKILL)  # a downloader that dies keeps its queue on disk
+    # wait for it to be gone for good, not only from the process list: a dying process loses its command
+    # line before its files, and until its files are closed it holds the node's prefetcher lock, so that
+    # the next prefetch would find a prefetcher "running" and start none
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(victim).wait(30)  # our child (started by cache.prefetch): reaped here
+    assert prefetchers(str(root)) == []
     later = xrootd.url("nano_tt_v12.root")
     assert not cache.prefetch(waits, after_readers=True)  # still queued
     assert cache.prefetch(later, after_readers=True)  # starts a new downloader, which takes the whole queue
