@@ -233,8 +233,7 @@ class DynamicDataReduction:
 
 def _steps_kept_note(datasets: Mapping[str, Dataset], chunk_size: int) -> str | None:
     """What to tell a user whose fixed chunk size files with coffea ``steps`` do not follow (None: all do)."""
-    stepped = {name: sum(f.steps is not None for f in ds.files) for name, ds in datasets.items()}
-    stepped = {name: n for name, n in stepped.items() if n}
+    stepped = {name: n for name, ds in datasets.items() if (n := sum(f.steps is not None for f in ds.files))}
     if not stepped:
         return None
     files = sum(stepped.values())

@@ -72,7 +72,7 @@ def items(spec):
 
 def chunk_seconds(args, workers: int) -> float:
     """The mean chunk duration of a size: ``--chunk-seconds``, or workers / ``--demand``."""
-    return workers / args.demand if getattr(args, "demand", None) else args.chunk_seconds
+    return workers / args.demand if args.demand else args.chunk_seconds
 
 
 def _engine(args, workers: int):
